@@ -10,9 +10,9 @@ STAMP := $(VENV)/.minilora-installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
+LAB_DIR ?= notebooks
 
 .PHONY: lab test lint bench install lock browser clean
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --notebook-dir=notebooks $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --notebook-dir=$(LAB_DIR) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest --nbval-lax tests notebooks $(PYTEST_ARGS)
