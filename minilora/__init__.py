@@ -9,12 +9,57 @@ __version__ = "0.1.0"
 from minilora.course import COLORS, setup
 
 # --- chapter 01-02: NumPy LoRA (minilora.lora_numpy) is used as a submodule: minilora.lora_numpy
+from minilora import lora_numpy  # top-level LoRALinear is the PyTorch one (chapter 04)
 
 # --- chapter 04: LoRA in PyTorch
+from minilora.lora import (
+    LINEAR_TYPES,
+    LoRALinear,
+    add_lora,
+    count_parameters,
+    disable_lora,
+    lora_layers,
+    load_adapter,
+    lora_state_dict,
+    merge_lora,
+    read_adapter,
+    save_adapter,
+    trainable_report,
+)
 
 # --- chapter 03: parameter and memory budget
+from minilora.budget import (
+    GPT3_175B,
+    LLAMA2_70B,
+    LLAMA_7B,
+    LLAMA_65B,
+    MINILM_L6,
+    MemoryBreakdown,
+    ModelShape,
+    compare_memory,
+    count_lora_parameters,
+    describe,
+    estimate_memory,
+    format_bytes,
+    format_count,
+    lora_params,
+    memory_table,
+)
 
 # --- chapter 05-06: NF4 and QLoRA
+from minilora.nf4 import (
+    FP4_CODEBOOK,
+    INT4_CODEBOOK,
+    NF4_CODEBOOK,
+    Linear4bit,
+    NF4Tensor,
+    dequantize_nf4,
+    merge_errors,
+    model_nbytes,
+    quantization_error,
+    quantize_model,
+    quantize_nf4,
+)
 
 # --- chapter 07-08: tiny bases, data, training
 

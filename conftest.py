@@ -1,0 +1,26 @@
+"""Shared pytest set-up: offline hubs, and a record of how long each notebook took under nbval."""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent
+_NOTEBOOK_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Sum the call time of every nbval cell per notebook (benchmarks/ reports these)."""
+    path = report.nodeid.split("::")[0]
+    if path.endswith(".ipynb") and report.when == "call":
+        _NOTEBOOK_SECONDS[path] = _NOTEBOOK_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _NOTEBOOK_SECONDS:
+        out = ROOT / "test-output" / "notebook_seconds.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(sorted(_NOTEBOOK_SECONDS.items())), indent=1))

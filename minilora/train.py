@@ -1,0 +1,204 @@
+"""Training loops for chapters 07-08: one generic loop, two task wrappers, and evaluation.
+
+``train`` is the loop every experiment uses: it optimizes only the parameters that require a
+gradient, so the same function does full fine-tuning (everything trainable), LoRA (only
+``lora_A``/``lora_B`` trainable after ``add_lora``) and QLoRA (a frozen 4-bit base). It is
+seeded (its batches come from its own ``torch.Generator``), shows a ``tqdm`` bar and returns a
+history (a dict of lists) ready to plot.
+
+``train_classifier`` (digits) and ``train_lm`` (characters) wrap it with the right batches and
+loss; ``accuracy``, ``evaluate`` and ``lm_loss_on`` measure a model without changing it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from minilora.data import fixed_lm_batches, sample_lm_batch
+
+
+def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Mean cross-entropy of ``model(x)`` against labels y, for a batch ``(x, y)``."""
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def lm_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Mean next-character cross-entropy (nats per character) for a batch ``(x, y)`` of ids."""
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    sample_batch: Callable[[torch.Generator], object],
+    steps: int,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    seed: int = 0,
+    grad_clip: float | None = 1.0,
+    schedule: str = "constant",
+    progress: bool = True,
+    desc: str = "train",
+) -> dict[str, list]:
+    """Optimize the trainable parameters of ``model`` with AdamW for ``steps`` steps.
+
+    ``sample_batch(generator)`` returns a batch, ``loss_fn(model, batch)`` its loss, and the
+    optional ``penalty(model)`` is added to it (e.g. an L2 pull toward the base weights).
+    ``eval_fn(model)`` returns named metrics; it runs every ``eval_every`` steps and at the end.
+    ``schedule="cosine"`` decays the learning rate from ``lr`` to ``lr / 10`` along a half cosine.
+    Returns ``{"step", "loss", "eval_step", <metric names>...}`` as lists.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (did add_lora freeze everything?)")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; choose 'constant' or 'cosine'")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":  # factor 1 at step 0 → 0.1 at the last step
+        factor = lambda i: 0.1 + 0.45 * (1 + math.cos(math.pi * i / steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    gen = torch.Generator().manual_seed(seed)  # the batch order depends on the seed only
+    history: dict[str, list] = {"step": [], "loss": [], "eval_step": []}
+
+    def run_eval(step: int) -> None:
+        model.eval()
+        with torch.no_grad():
+            metrics = eval_fn(model)
+        model.train()
+        history["eval_step"].append(step)
+        for key, value in metrics.items():
+            history.setdefault(key, []).append(float(value))
+
+    model.train()
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        loss = loss_fn(model, sample_batch(gen))
+        objective = loss + penalty(model) if penalty is not None else loss
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        if schedule == "cosine":
+            sched.step()
+        history["step"].append(step)
+        history["loss"].append(loss.item())
+        if eval_fn is not None and eval_every and step % eval_every == 0 and step != steps:
+            run_eval(step)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if eval_fn is not None:
+        run_eval(steps)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Callable, batches: Iterable) -> float:
+    """Mean of ``loss_fn(model, batch)`` over fixed ``batches``, in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    losses = [loss_fn(model, batch).item() for batch in batches]
+    model.train(was_training)
+    if not losses:
+        raise ValueError("evaluate needs at least one batch")
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows of ``X`` whose arg-max prediction equals ``y``."""
+    was_training = model.training
+    model.eval()
+    acc = (model(X).argmax(dim=-1) == y).float().mean().item()
+    model.train(was_training)
+    return acc
+
+
+def lm_loss_on(model: nn.Module, ids: torch.Tensor, n_batches: int = 8, batch_size: int = 32):
+    """Nats per character of ``model`` on fixed, evenly spaced windows of the text ``ids``."""
+    batches = fixed_lm_batches(ids, model.config.block_size, n_batches, batch_size)
+    return evaluate(model, lm_loss, batches)
+
+
+def train_classifier(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lr: float,
+    *,
+    batch_size: int = 64,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_every: int = 0,
+    **kwargs,
+) -> dict[str, list]:
+    """Train a classifier on ``(X, y)`` with random mini-batches; tracks train/val accuracy.
+
+    Extra keyword arguments (``seed``, ``weight_decay``, ``penalty``, ``progress``...) go to
+    ``train``.
+    """
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+    batch_size = min(batch_size, len(X))
+
+    def sample(gen):
+        idx = torch.randperm(len(X), generator=gen)[:batch_size]
+        return X[idx], y[idx]
+
+    def eval_fn(m):
+        metrics = {"train_acc": accuracy(m, X, y)}
+        if val is not None:
+            metrics["val_acc"] = accuracy(m, *val)
+            metrics["val_loss"] = F.cross_entropy(m(val[0]), val[1]).item()
+        return metrics
+
+    kwargs.setdefault("desc", "train classifier")
+    return train(
+        model, classification_loss, sample, steps, lr, eval_fn=eval_fn, eval_every=eval_every,
+        **kwargs,
+    )  # fmt: skip
+
+
+def train_lm(
+    model: nn.Module,
+    ids: torch.Tensor,
+    steps: int,
+    lr: float,
+    *,
+    batch_size: int = 32,
+    val: dict[str, torch.Tensor] | None = None,
+    eval_every: int = 0,
+    eval_batches: int = 4,
+    **kwargs,
+) -> dict[str, list]:
+    """Train a character model on random windows of ``ids`` (next-character prediction).
+
+    ``val`` maps names to id tensors, e.g. ``{"prose": ..., "code": ...}``; each is measured as
+    ``"<name>_loss"`` (nats/char) every ``eval_every`` steps and at the end. Extra keyword
+    arguments go to ``train``.
+    """
+    block = model.config.block_size
+    sample = lambda gen: sample_lm_batch(ids, batch_size, block, gen)
+    eval_fn = None
+    if val:
+        eval_fn = lambda m: {f"{k}_loss": lm_loss_on(m, v, eval_batches) for k, v in val.items()}
+    kwargs.setdefault("desc", "train lm")
+    return train(
+        model, lm_loss, sample, steps, lr, eval_fn=eval_fn, eval_every=eval_every, **kwargs
+    )
