@@ -62,5 +62,20 @@ from minilora.nf4 import (
 )
 
 # --- chapter 07-08: tiny bases, data, training
+from minilora.analysis import (
+    energy_captured,
+    is_lora,
+    random_subspace_similarity,
+    rank_sweep,
+    subspace_similarity,
+    summarize,
+    truncate_rank,
+    weight_deltas,
+    with_truncated_deltas,
+)
+from minilora.data import VOCAB_SIZE, decode, encode, load_digits, load_text
+from minilora.models import CharGPT, DigitsMLP, GPTConfig, MLPConfig
+from minilora.pretrain import checkpoint_metadata, load_pretrained
+from minilora.train import accuracy, evaluate, lm_loss_on, train, train_classifier, train_lm
 
 # --- homework checkers

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from minilora.lora import name_matches  # one matching rule for counting and for add_lora
+
 # Bits stored per weight. NF4 stores a 4-bit code plus, per block of 64 weights, one fp32 absmax
 # (32/64 = 0.5 bits). Double quantization stores that absmax in 8 bits and adds one fp32 scale
 # per 256 absmax values: 8/64 + 32/(64·256) ≈ 0.127 bits (QLoRA, Dettmers et al. 2023, §3).
@@ -62,17 +64,6 @@ def lora_params(d_out: int, d_in: int, r: int) -> int:
 
 
 # --- a model as a list of matrices -----------------------------------------------------------
-
-
-def name_matches(name: str, target: str | re.Pattern) -> bool:
-    r"""The rule ``add_lora`` uses: the full module name, a dotted suffix of it, or a regex.
-
-    ``"q_proj"`` matches ``"layers.3.self_attn.q_proj"``; ``"proj"`` does not (suffixes are
-    whole dotted parts); ``re.compile(r"layers\.[0-3]\..*")`` must match the whole name.
-    """
-    if isinstance(target, re.Pattern):
-        return target.fullmatch(name) is not None
-    return name == target or name.endswith("." + target)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,16 @@ from __future__ import annotations
 import functools
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+# ``datasets`` is imported inside the functions that build datasets: it is slow to import, and
+# ``import minilora`` should stay quick for the chapters that never touch data.
 
 # --- digits -------------------------------------------------------------------------------------
 
@@ -41,6 +47,7 @@ def digits_dataset(task: str = "upright") -> DatasetDict:
     """
     if task not in DIGITS_TASKS:
         raise ValueError(f"unknown digits task {task!r}; choose one of {DIGITS_TASKS}")
+    from datasets import Dataset, DatasetDict
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -114,6 +121,8 @@ def prose_dataset() -> DatasetDict:
     """English prose: the documentation topics of ``pydoc_data.topics`` (columns name, text)."""
     from pydoc_data.topics import topics
 
+    from datasets import Dataset, DatasetDict
+
     names = sorted(topics)
     rows = {"train": {"name": [], "text": []}, "val": {"name": [], "text": []}}
     for i, name in enumerate(names):
@@ -126,6 +135,8 @@ def prose_dataset() -> DatasetDict:
 @functools.cache
 def code_dataset() -> DatasetDict:
     """Python source: the fixed standard-library modules above (columns name, text)."""
+    from datasets import Dataset, DatasetDict
+
     stdlib = Path(sysconfig.get_paths()["stdlib"])
 
     def read(modules):

@@ -194,3 +194,52 @@ def lora_scale_slider(scales, accuracies: dict[str, list[float]], colors: dict[s
 
     value = 1.0 if 1.0 in scales else None
     return slider_plot(draw, t=choice_slider("t · ΔW", scales, value=value))
+
+
+def rank_slider(
+    sweep: dict, truncation: dict, energy: dict, colors: dict, metric: str = "val accuracy"
+) -> widgets.VBox:
+    """Chapter 07: drag r and see the LoRA sweep, the truncated full fine-tune and ΔW's energy.
+
+    ``sweep`` is ``summarize(rows, metric)`` (``{r or "full": (mean, min, max, trainable)}``),
+    ``truncation`` maps every r to the metric of W0 + (ΔW_full truncated to rank r), and
+    ``energy`` maps layer names to ``energy_captured(ΔW)``. All precomputed: a redraw only plots.
+    """
+    ranks = sorted(r for r in sweep if r != "full")
+    trunc_r = sorted(truncation)
+
+    def draw(r):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        mean = [sweep[k][0] for k in ranks]
+        err = [
+            [sweep[k][0] - sweep[k][1] for k in ranks],
+            [sweep[k][2] - sweep[k][0] for k in ranks],
+        ]
+        ax1.errorbar(ranks, mean, yerr=err, marker="o", color=colors["lora"], capsize=3,
+                     label="LoRA at rank r (mean, min–max)")  # fmt: skip
+        ax1.plot(trunc_r, [truncation[k] for k in trunc_r], color=colors["other"],
+                 label="full fine-tune, ΔW cut to rank r")  # fmt: skip
+        ax1.axhline(sweep["full"][0], color=colors["full"], ls="--", label="full fine-tuning")
+        ax1.axvline(r, color="k", lw=0.8)
+        if r in sweep:
+            ax1.plot([r], [sweep[r][0]], "o", ms=12, mfc="none", mec="k")
+        title = f"r = {r}: LoRA {_fmt(sweep.get(r))}, cut ΔW {truncation[r]:.3f}"
+        ax1.set(xscale="symlog", xlabel="rank r", ylabel=metric, title=title)
+        ax1.set_xticks(ranks, [str(k) for k in ranks])
+        ax1.legend(fontsize=8, loc="lower right")
+        for name, e in energy.items():
+            ax2.plot(range(1, len(e) + 1), e, marker=".", label=name)
+            ax2.plot([r], [e[min(r, len(e)) - 1]], "o", color="k")
+        ax2.axvline(r, color="k", lw=0.8)
+        ax2.set(xscale="log", xlabel="top-r singular directions of ΔW_full", ylim=(0, 1.02))
+        ax2.set(ylabel="fraction of ‖ΔW‖²", title="energy the top r hold")
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+    options = [r for r in trunc_r if r >= 1]
+    return slider_plot(draw, r=choice_slider("rank r", options, value=8 if 8 in options else None))
+
+
+def _fmt(stat) -> str:
+    return "—" if stat is None else f"{stat[0]:.3f}"
