@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml constraints.txt
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --notebook-dir=$(LAB_DIR) $(LAB_ARGS)
 
+# Two workers (this machine has 2 cores); --dist loadscope keeps each notebook's cells together.
+PYTEST_ARGS ?= -n 2 --dist loadscope
 test: $(STAMP)
 	$(PY) -m pytest --nbval-lax tests notebooks $(PYTEST_ARGS)
 

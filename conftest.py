@@ -20,6 +20,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller sees all reports
+        return
     if _NOTEBOOK_SECONDS:
         out = ROOT / "test-output" / "notebook_seconds.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import minilora
-from benchmarks.timing import median_times, ratio_rows
+from benchmarks.timing import ratio_rows, time_rounds
 
 D = K = 4096  # out_features, in_features
 R, ALPHA = 8, 16
@@ -95,10 +95,11 @@ def run(repeats: int = 5, warmup: int = 1) -> list[dict]:
         y_ours, y_peft, y_merged = ours(x), theirs(x), merged(x)
         assert torch.allclose(y_ours, y_peft, atol=1e-4), (y_ours - y_peft).abs().max()
         assert torch.allclose(y_ours, y_merged, atol=1e-3), (y_ours - y_merged).abs().max()
-    layers = {"frozen base": base, "minilora LoRALinear": ours, "PEFT lora.Linear": theirs}
-    layers["merged (minilora)"] = merged
     rows = []
     for backward in (True, False):
+        layers = {"frozen base": base, "minilora LoRALinear": ours, "PEFT lora.Linear": theirs}
+        if not backward:  # merged is for inference: a training step needs A and B apart
+            layers["merged (minilora)"] = merged
         limit = flop_limit(D, K, R, backward)
         notes = {
             "minilora LoRALinear": f"FLOP limit {limit:.4f}",
@@ -111,7 +112,7 @@ def run(repeats: int = 5, warmup: int = 1) -> list[dict]:
         }
         what = "forward+backward" if backward else "forward (no grad)"
         group = f"LoRA layer {what}: {D}×{K}, r={R}, {TOKENS} tokens, float32"
-        rows += ratio_rows(group, median_times(fns, repeats, warmup), "frozen base", notes)
+        rows += ratio_rows(group, time_rounds(fns, repeats, warmup), "frozen base", notes)
     return rows
 
 
@@ -148,4 +149,4 @@ def run_linear4bit(repeats: int = 5, warmup: int = 1) -> list[dict]:
     }
     fns = {name: _forward(layer, x) for name, layer in layers.items()}
     group = f"4-bit layer forward (no grad): {D}×{K}, NF4 + double quant, {TOKENS} tokens"
-    return ratio_rows(group, median_times(fns, repeats, warmup), "fp32 nn.Linear")
+    return ratio_rows(group, time_rounds(fns, repeats, warmup), "fp32 nn.Linear")

@@ -1,7 +1,7 @@
 """The one timing helper every benchmark uses: medians of interleaved repeats, and ratios.
 
 These machines are shared and noisy, so an absolute time means little; a ratio of two times
-measured side by side in the same process means more. ``median_times`` therefore runs the
+measured side by side in the same process means more. ``time_rounds`` therefore runs the
 callables it compares *in turns*: each round calls every one of them once, in an order rotated
 by one place per round, so a slow spell of the machine hits all of them alike and none is always
 first (first in a round tends to find colder caches). The median of the rounds ignores the odd
@@ -28,20 +28,21 @@ def fix_threads(n: int) -> int:
     return torch.get_num_threads()
 
 
-def median_times(
+def time_rounds(
     fns: dict[str, Callable[[], object]],
     repeats: int = 5,
     warmup: int = 1,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
-    """Median seconds per call of each callable in ``fns``, measured in interleaved rounds.
+) -> dict[str, list[float]]:
+    """Seconds of every call of each callable in ``fns``, measured in interleaved rounds.
 
     ``warmup`` untimed rounds come first (allocator, caches, lazy initialisation), then
     ``repeats`` timed rounds. Round i calls the callables starting from the i-th one
-    (a rotation), so over the rounds each takes every position equally often.
+    (a rotation), so over the rounds each takes every position equally often. Returns, per
+    name, the ``repeats`` times in round order (so times of the same round can be paired).
     """
     if not fns:
-        raise ValueError("median_times needs at least one callable to time")
+        raise ValueError("time_rounds needs at least one callable to time")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -57,31 +58,40 @@ def median_times(
             start = clock()
             fns[name]()
             times[name].append(clock() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1):
+    """Median seconds per call of each callable (``time_rounds``, then the median)."""
+    return {name: statistics.median(ts) for name, ts in time_rounds(fns, repeats, warmup).items()}
 
 
 def ratio_rows(
     group: str,
-    times: dict[str, float],
+    rounds: dict[str, list[float]],
     reference: str,
     notes: dict[str, str] | None = None,
 ) -> list[dict]:
     """One row per timed case: its median seconds and its ratio to the ``reference`` case.
 
+    ``rounds`` is what ``time_rounds`` returns. The ratio is the median over rounds of
+    (this case's time / the reference's time *in the same round*): pairing the two calls that
+    ran seconds apart cancels most of a slow spell, which a ratio of two medians would not.
     A ratio above 1 means slower than the reference. Rows are plain dicts with the keys
     ``group``, ``case``, ``seconds``, ``ratio``, ``vs`` and ``note`` (what ``run.py`` prints).
     """
-    if reference not in times:
-        raise ValueError(f"reference {reference!r} is not one of the timed cases {list(times)}")
+    if reference not in rounds:
+        raise ValueError(f"reference {reference!r} is not one of the timed cases {list(rounds)}")
     notes = notes or {}
+    ref = rounds[reference]
     return [
         {
             "group": group,
             "case": name,
-            "seconds": seconds,
-            "ratio": seconds / times[reference],
+            "seconds": statistics.median(ts),
+            "ratio": statistics.median(t / r for t, r in zip(ts, ref, strict=True)),
             "vs": reference,
             "note": notes.get(name, ""),
         }
-        for name, seconds in times.items()
+        for name, ts in rounds.items()
     ]

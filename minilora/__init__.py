@@ -76,6 +76,14 @@ from minilora.analysis import (
 from minilora.data import VOCAB_SIZE, decode, encode, load_digits, load_text
 from minilora.models import CharGPT, DigitsMLP, GPTConfig, MLPConfig
 from minilora.pretrain import checkpoint_metadata, load_pretrained
-from minilora.train import accuracy, evaluate, lm_loss_on, train, train_classifier, train_lm
+from minilora.train import (
+    accuracy,
+    evaluate,
+    l2_toward,
+    lm_loss_on,
+    train,
+    train_classifier,
+    train_lm,
+)
 
 # --- homework checkers

@@ -117,13 +117,15 @@ def rank_sweep(
     alpha: float = 8,
     keep: Sequence[int | str] = (),
     progress: bool = True,
+    **lora_kwargs,
 ) -> tuple[list[dict], dict]:
     """Fine-tune a copy of ``base`` with LoRA at each rank, and fully ("full"), for each seed.
 
     ``train_fn(model, seed)`` trains a model in place (it gets the LoRA rank from the model, so
     pass e.g. a lambda choosing the learning rate by ``is_lora(model)``); ``metric_fns`` maps
     names to ``f(model) -> float``. ``targets`` are the LoRA target modules; ``keep`` lists the
-    ranks (and/or "full") whose trained models are returned for every seed.
+    ranks (and/or "full") whose trained models are returned for every seed. Extra keyword
+    arguments (``use_rslora=True``, ``init="kaiming"``...) go to ``add_lora``.
 
     Returns ``(rows, kept)``: one row per run, ``{"method", "r", "seed", "trainable", <metrics>}``
     with ``r = None`` for full fine-tuning, and ``kept[(r_or_"full", seed)] = model``.
@@ -134,7 +136,7 @@ def rank_sweep(
         model = copy.deepcopy(base)
         torch.manual_seed(seed)  # the LoRA init (A) depends on the seed
         if r != "full":
-            add_lora(model, targets, r=r, alpha=alpha)
+            add_lora(model, targets, r=r, alpha=alpha, **lora_kwargs)
         else:
             model.requires_grad_(True)
         train_fn(model, seed)

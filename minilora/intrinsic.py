@@ -20,9 +20,11 @@ with n the next power of two ≥ max(D, d), ``pad`` appending zeros up to length
 - Π: a random permutation,
 - G: a diagonal of standard normal numbers g.
 
-Each column of this n × n matrix has norm exactly √n·‖g‖ (H and Π keep norms up to √n, and the
-entries after Π·H·B are ±1), so after the division every column of P has unit length, like the
-columns of a dense Gaussian matrix scaled by 1/√D; distinct columns are nearly orthogonal. The
+Each column of the n × n matrix H·G·Π·H·B has squared length exactly n·‖g‖² (H multiplies
+lengths by √n, Π and B keep them, and the vector G meets has ±1 entries), spread evenly over the
+rows on average; keeping D rows and dividing by √D·‖g‖ gives columns of length ≈ 1 (exactly 1
+when D = n), like a dense Gaussian matrix with N(0, 1/D) entries; distinct columns are nearly
+orthogonal. The
 three random vectors (B, Π, G) are drawn from a seeded generator: the whole projection is
 reproducible from ``(D, d, seed)`` and costs three length-n vectors of memory.
 
@@ -44,19 +46,33 @@ from torch.func import functional_call
 def hadamard_transform(v: torch.Tensor) -> torch.Tensor:
     """H·v for the unnormalized n × n Walsh–Hadamard matrix (n = len(v), a power of two).
 
-    The fast transform: log2(n) rounds, each replacing pairs (a, b) at distance h by (a+b, a−b).
-    O(n log n) work instead of the n² of a matrix product, and no matrix in memory.
+    H_n is a Kronecker product of small Hadamard matrices, H_n = H_a ⊗ H_b ⊗ ... (a·b·... = n).
+    Viewing v as an a × b × ... array, the product applies H_a along the first axis, H_b along
+    the second, and so on: a few small matmuls, O(n·(a + b + ...)) work instead of n², and no
+    n × n matrix in memory. Blocks of 64 keep the matmuls small and the loop short.
     """
     n = v.shape[-1]
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {n}")
-    h = 1
-    while h < n:
-        pairs = v.reshape(-1, n // (2 * h), 2, h)  # blocks of 2h: first half a, second half b
-        a, b = pairs[:, :, 0, :], pairs[:, :, 1, :]
-        v = torch.stack((a + b, a - b), dim=2).reshape(v.shape)
-        h *= 2
-    return v
+    if v.dim() != 1 or n < 1 or n & (n - 1):
+        raise ValueError(f"the Hadamard transform needs a 1-D power-of-two length, got {n}")
+    bits = n.bit_length() - 1
+    sizes = [1 << min(HADAMARD_BLOCK_BITS, bits - i) for i in range(0, bits, HADAMARD_BLOCK_BITS)]
+    x = v.reshape(sizes) if sizes else v
+    for _ in sizes:
+        m = x.shape[-1]
+        x = (x.reshape(-1, m) @ _small_hadamard(m, v.dtype, v.device)).reshape(x.shape)
+        x = x.permute(-1, *range(x.dim() - 1))  # the axis just transformed goes to the front
+    return x.reshape(n)
+
+
+HADAMARD_BLOCK_BITS = 6  # Kronecker factors of size 2**6 = 64
+
+
+def _small_hadamard(m: int, dtype, device) -> torch.Tensor:
+    """The m × m Sylvester–Hadamard matrix: H_1 = [1], H_2m = [[H, H], [H, -H]] (symmetric)."""
+    h = torch.ones(1, 1, dtype=dtype, device=device)
+    while h.shape[0] < m:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return h
 
 
 class FastfoodProjection(nn.Module):
@@ -80,8 +96,9 @@ class FastfoodProjection(nn.Module):
         self.register_buffer("perm", torch.randperm(self.n, generator=gen))
         gauss = torch.randn(self.n, generator=gen)
         self.register_buffer("gauss", gauss)
-        # Every column of H·G·Π·H·B has norm √n·‖g‖: dividing makes P's columns unit vectors.
-        self.norm = math.sqrt(self.n) * gauss.norm().item()
+        # Every column of H·G·Π·H·B has squared norm n·‖g‖², spread evenly over its n rows in
+        # expectation; we keep D rows, so dividing by √D·‖g‖ gives columns of length ≈ 1.
+        self.norm = math.sqrt(self.D) * gauss.norm().item()
 
     def forward(self, theta_d: torch.Tensor) -> torch.Tensor:
         if theta_d.shape != (self.d,):
@@ -90,7 +107,7 @@ class FastfoodProjection(nn.Module):
         v = v.index_copy(0, torch.arange(self.d, device=theta_d.device), theta_d)  # pad(θ_d)
         v = hadamard_transform(self.signs.to(v.dtype) * v)  # H·B
         v = self.gauss.to(v.dtype) * v[self.perm]  # G·Π
-        return hadamard_transform(v)[: self.D] / self.norm  # H, keep D rows, unit columns
+        return hadamard_transform(v)[: self.D] / self.norm  # H, keep D rows, columns of length ≈ 1
 
     def columns(self, idx) -> torch.Tensor:
         """The columns ``idx`` of P as a (D, len(idx)) matrix (for tests and small checks)."""

@@ -321,8 +321,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def _freeze_all_but_lora(model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.endswith(("lora_A", "lora_B")))
+    adapters = {id(p) for m in lora_layers(model).values() for p in (m.lora_A, m.lora_B)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in adapters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,9 +405,19 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) number of parameter elements, each shared Parameter counted once."""
+    """(trainable, total) number of parameter elements, each shared Parameter counted once.
+
+    A linear-like base that keeps its weight outside Parameters (a 4-bit base stores packed codes
+    in buffers) still holds in × out frozen weights: they are counted in the total, so a QLoRA
+    model reports the parameters of the model, not the bytes of its storage (peft#1020).
+    """
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    for module in model.modules():
+        if is_linear_like(module) and not isinstance(getattr(module, "weight", None), nn.Parameter):
+            total += module.in_features * module.out_features
+    return trainable, total
 
 
 def trainable_report(model: nn.Module) -> str:

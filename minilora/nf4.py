@@ -104,6 +104,9 @@ def make_dynamic_codebook() -> torch.Tensor:
 
 
 NF4_CODEBOOK = make_nf4_codebook()
+# Every byte holds two codes, so a byte has 256 possible (first, second) value pairs. Looking up
+# whole bytes in this 256 × 2 table decodes two weights per look-up, with no unpacking step.
+NF4_BYTE_PAIRS = torch.stack([NF4_CODEBOOK.repeat_interleave(16), NF4_CODEBOOK.repeat(16)], dim=1)
 INT4_CODEBOOK = make_int4_codebook()
 FP4_CODEBOOK = make_fp4_codebook()
 DYNAMIC_CODEBOOK = make_dynamic_codebook()
@@ -126,7 +129,7 @@ def round_to_codebook(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     16-wide (or 256-wide) distance table.
     """
     midpoints = (codebook[:-1] + codebook[1:]) / 2
-    return torch.bucketize(x, midpoints).to(torch.uint8)
+    return torch.bucketize(x, midpoints, out_int32=True).to(torch.uint8)
 
 
 def quantize_blockwise(
@@ -142,7 +145,9 @@ def quantize_blockwise(
     flat = x.reshape(-1).float()
     n = flat.numel()
     n_blocks = -(-n // blocksize)  # ceil(n / blocksize)
-    blocks = F.pad(flat, (0, n_blocks * blocksize - n)).view(n_blocks, blocksize)
+    if n < n_blocks * blocksize:  # a ragged last block (padding copies, so only when needed)
+        flat = F.pad(flat, (0, n_blocks * blocksize - n))
+    blocks = flat.view(n_blocks, blocksize)
     absmax = blocks.abs().amax(dim=1)
     # Multiply by the reciprocal (as bitsandbytes' 4-bit quantizer does): the last bit of the
     # scaled value decides the code of a value sitting exactly on a midpoint.
@@ -155,9 +160,14 @@ def dequantize_blockwise(
     indices: torch.Tensor, absmax: torch.Tensor, codebook: torch.Tensor, blocksize: int
 ) -> torch.Tensor:
     """The inverse of ``quantize_blockwise``: ``codebook[index] · absmax`` of the index's block."""
-    n = indices.numel()
-    n_blocks = absmax.numel()
-    values = F.pad(codebook[indices.long()], (0, n_blocks * blocksize - n))
+    return scale_blocks(codebook.index_select(0, indices.int()), absmax, blocksize)
+
+
+def scale_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Multiply each block of ``blocksize`` consecutive values by its block's absmax."""
+    n, n_blocks = values.numel(), absmax.numel()
+    if n < n_blocks * blocksize:  # a ragged last block: pad to whole blocks, then cut
+        values = F.pad(values, (0, n_blocks * blocksize - n))
     return (values.view(n_blocks, blocksize) * absmax.float().unsqueeze(1)).reshape(-1)[:n]
 
 
@@ -312,8 +322,8 @@ def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
     """Back to a float tensor of the original shape and dtype: ``NF4_CODEBOOK[code] · absmax``."""
     if not isinstance(q, NF4Tensor):
         raise ValueError(f"dequantize_nf4 expects an NF4Tensor (from quantize_nf4), got {type(q)}")
-    indices = unpack_4bit(q.codes, q.numel)
-    w = dequantize_blockwise(indices, q.block_absmax(), NF4_CODEBOOK, q.blocksize)
+    values = NF4_BYTE_PAIRS.index_select(0, q.codes.int()).reshape(-1)[: q.numel]
+    w = scale_blocks(values, q.block_absmax(), q.blocksize)
     return w.view(q.shape).to(q.dtype)
 
 

@@ -7,7 +7,8 @@ seeded (its batches come from its own ``torch.Generator``), shows a ``tqdm`` bar
 history (a dict of lists) ready to plot.
 
 ``train_classifier`` (digits) and ``train_lm`` (characters) wrap it with the right batches and
-loss; ``accuracy``, ``evaluate`` and ``lm_loss_on`` measure a model without changing it.
+loss; ``accuracy``, ``evaluate`` and ``lm_loss_on`` measure a model without changing it;
+``l2_toward(base, strength)`` is a penalty that pulls a full fine-tune toward the base weights.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def train(
     optional ``penalty(model)`` is added to it (e.g. an L2 pull toward the base weights).
     ``eval_fn(model)`` returns named metrics; it runs every ``eval_every`` steps and at the end.
     ``schedule="cosine"`` decays the learning rate from ``lr`` to ``lr / 10`` along a half cosine.
-    Returns ``{"step", "loss", "eval_step", <metric names>...}`` as lists.
+    Gradients are clipped to norm ``grad_clip`` (a guard against one bad batch, not a tuning knob).
+    Returns ``{"step", "loss", "eval_step", <metric names>...}`` as lists; the model is left in
+    eval mode.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -106,6 +109,27 @@ def train(
         run_eval(steps)
     model.eval()
     return history
+
+
+def l2_toward(reference: nn.Module, strength: float) -> Callable[[nn.Module], torch.Tensor]:
+    """A ``penalty`` for ``train``: strength · Σ ‖θ − θ_ref‖² over the trainable parameters.
+
+    ``reference`` is copied now (e.g. the pretrained base), so full fine-tuning with this penalty
+    is "weight decay toward the base" rather than toward zero. Parameters are matched by name.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    ref = {name: p.detach().clone() for name, p in reference.named_parameters()}
+
+    def penalty(model: nn.Module) -> torch.Tensor:
+        terms = [
+            ((p - ref[name]) ** 2).sum()
+            for name, p in model.named_parameters()
+            if p.requires_grad and name in ref
+        ]
+        return strength * torch.stack(terms).sum() if terms else torch.zeros(())
+
+    return penalty
 
 
 @torch.no_grad()

@@ -165,7 +165,7 @@ def nf4_blocksize_slider(rows: Sequence[dict]):
         for i, (_, extra) in enumerate(parts):
             ax2.text(4 + extra + 0.05, i, f"{4 + extra:.3f} bits", va="center")
         ax2.set(xlabel="bits per weight", xlim=(0, max(r["bits"] for r in rows) + 1.2))
-        ax2.legend(loc="lower right")
+        ax2.legend(loc="upper right")
         plt.tight_layout()
         plt.show()
 
@@ -224,15 +224,16 @@ def rank_slider(
         if r in sweep:
             ax1.plot([r], [sweep[r][0]], "o", ms=12, mfc="none", mec="k")
         title = f"r = {r}: LoRA {_fmt(sweep.get(r))}, cut ΔW {truncation[r]:.3f}"
-        ax1.set(xscale="symlog", xlabel="rank r", ylabel=metric, title=title)
+        ax1.set(xscale="log", xlabel="rank r", ylabel=metric, title=title)
         ax1.set_xticks(ranks, [str(k) for k in ranks])
         ax1.legend(fontsize=8, loc="lower right")
         for name, e in energy.items():
-            ax2.plot(range(1, len(e) + 1), e, marker=".", label=name)
+            ax2.plot(range(1, len(e) + 1), e, label=name)
             ax2.plot([r], [e[min(r, len(e)) - 1]], "o", color="k")
         ax2.axvline(r, color="k", lw=0.8)
         ax2.set(xscale="log", xlabel="top-r singular directions of ΔW_full", ylim=(0, 1.02))
-        ax2.set(ylabel="fraction of ‖ΔW‖²", title="energy the top r hold")
+        held = ", ".join(f"{name} {e[min(r, len(e)) - 1]:.2f}" for name, e in energy.items())
+        ax2.set(ylabel="fraction of ‖ΔW‖²", title=f"energy the top {r} hold: {held}")
         ax2.legend(fontsize=8)
         fig.tight_layout()
         plt.show()

@@ -42,7 +42,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 REDRAW_BOUND_S = 2.0  # from key press to a new figure on screen; sliders must feel live
-RUN_ALL_TIMEOUT_S = float(os.environ.get('MINILORA_RUN_ALL_TIMEOUT', 240))
+RUN_ALL_TIMEOUT_S = float(os.environ.get("MINILORA_RUN_ALL_TIMEOUT", 240))
 OUT_DIR = ROOT / "test-output" / "browser"
 TIMINGS: dict[str, list[float]] = {}
 
@@ -107,7 +107,9 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"JupyterLab did not start: {(root / 'lab.log').read_text()}")
+                    raise RuntimeError(
+                        f"JupyterLab did not start: {(root / 'lab.log').read_text()}"
+                    )
                 time.sleep(0.5)
         yield url, root
     finally:

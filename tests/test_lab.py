@@ -20,7 +20,9 @@ def free_port() -> int:
 
 def test_make_lab_serves_the_notebooks(tmp_path):
     port = free_port()
-    args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token= --ServerApp.password="
+    args = (
+        f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token= --ServerApp.password="
+    )
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "lab", f"LAB_ARGS={args}"],
@@ -34,7 +36,9 @@ def test_make_lab_serves_the_notebooks(tmp_path):
         deadline, listing = time.monotonic() + 90, None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=2) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/contents", timeout=2
+                ) as r:
                     listing = json.load(r)
                 break
             except OSError:

@@ -269,6 +269,8 @@ def test_custom_linear_like_base_via_LINEAR_TYPES():
     lora.LINEAR_TYPES.append(NoMerge)
     try:
         layer = LoRALinear(Frozen(weight), r=2, alpha=2)
+        # Its weight lives in a buffer, yet it holds 4 × 6 frozen weights: they count.
+        assert minilora.count_parameters(layer) == (2 * (6 + 4), 2 * (6 + 4) + 4 * 6)
         with torch.no_grad():
             layer.lora_B.normal_()
         y = layer(X)
@@ -429,6 +431,8 @@ def test_load_into_a_fresh_model_reproduces_outputs_and_is_trainable(trained):
     minilora.load_adapter(fresh, path)
     torch.testing.assert_close(fresh(X), model(X), rtol=0, atol=0)
     assert fresh.fc1.lora_A.requires_grad and not fresh.fc1.base.weight.requires_grad
+    fresh(X).sum().backward()  # the loaded adapter really trains: gradients reach A and B
+    assert fresh.fc2.lora_A.grad.abs().sum() > 0 and fresh.fc2.lora_B.grad.abs().sum() > 0
     frozen = minilora.load_adapter(make_mlp(), path, trainable=False)
     assert minilora.count_parameters(frozen)[0] == 0
 

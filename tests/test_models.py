@@ -26,6 +26,7 @@ from minilora.train import (
     accuracy,
     classification_loss,
     evaluate,
+    l2_toward,
     lm_loss,
     lm_loss_on,
     train,
@@ -34,6 +35,14 @@ from minilora.train import (
 )
 
 TINY_GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, d_model=16, d_ff=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead (and nondeterminism)
+    yield
+    torch.set_num_threads(before)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -78,10 +87,12 @@ def test_gpt_rejects_bad_sizes():
         CharGPT(GPTConfig(d_model=30, n_head=4))
 
 
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
+
+
 @pytest.mark.parametrize(
-    "targets, per_block",
-    [(["q_proj", "v_proj"], 2), (["fc1", "fc2"], 2), (["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"], 6)],
-)  # fmt: skip
+    "targets, per_block", [(["q_proj", "v_proj"], 2), (["fc1", "fc2"], 2), (ALL_LINEAR, 6)]
+)
 def test_lora_targets_attention_mlp_or_all(targets, per_block):
     torch.manual_seed(0)
     model = CharGPT(TINY_GPT).eval()
@@ -107,7 +118,7 @@ def test_vocab_and_encode_decode_round_trip():
     assert VOCAB_SIZE == len(VOCAB) == 97 and len(set(VOCAB)) == VOCAB_SIZE
     text = "def f(x):\n    return {'a': x ** 2}  # ok ~"
     assert decode(encode(text)) == text
-    assert decode(encode("it’s “quoted” — ok")) == "it's \"quoted\" - ok"
+    assert decode(encode("it’s “quoted” — ok")) == 'it\'s "quoted" - ok'
     assert encode("é").tolist() == [0] and decode([0]) == "�"
 
 
@@ -225,10 +236,9 @@ def test_penalty_and_cosine_schedule_are_applied():
     model = DigitsMLP(MLPConfig(n_hidden=32))
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
 
-    def pull_to_start(m):
-        return 100.0 * sum(((p - start[k]) ** 2).sum() for k, p in m.named_parameters())
-
-    train_classifier(model, X, y, 50, 1e-2, penalty=pull_to_start, schedule="cosine", progress=False)
+    pull = l2_toward(model, 100.0)  # weight decay toward the starting point
+    assert pull(model).item() == 0.0
+    train_classifier(model, X, y, 50, 1e-2, penalty=pull, schedule="cosine", progress=False)
     moved = sum((p - start[k]).abs().max() for k, p in model.named_parameters())
     torch.manual_seed(0)
     free = DigitsMLP(MLPConfig(n_hidden=32))

@@ -37,8 +37,12 @@ def _environment_names() -> set[str]:
 
 def test_environment_yml_names_the_same_packages_as_pyproject():
     pyproject, conda = _pyproject_names(), _environment_names()
-    assert pyproject - conda == set(), f"in pyproject.toml but not environment.yml: {pyproject - conda}"
-    assert conda - pyproject == set(), f"in environment.yml but not pyproject.toml: {conda - pyproject}"
+    assert pyproject - conda == set(), (
+        f"in pyproject.toml but not environment.yml: {pyproject - conda}"
+    )
+    assert conda - pyproject == set(), (
+        f"in environment.yml but not pyproject.toml: {conda - pyproject}"
+    )
 
 
 def _constraints() -> dict[str, str]:
