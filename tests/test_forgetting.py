@@ -11,9 +11,10 @@ from minilora.forgetting import (
     Task,
     best_lr,
     finetune,
+    forgetting_at,
     frontier,
-    l2sp_penalty,
     lr_sweep,
+    mean_trajectory,
     measure,
     prepare,
     prose_to_code,
@@ -117,30 +118,6 @@ def test_prepare_seed_draws_the_same_adapter(base):
     assert not torch.equal(a.get_parameter(name), c.get_parameter(name))
 
 
-# --- L2-SP ----------------------------------------------------------------------------------------
-
-
-def test_l2sp_penalty_is_lambda_times_squared_distance_and_its_gradient(base):
-    model = prepare(base, Recipe("full"))
-    penalty = l2sp_penalty(model, 0.5)
-    assert penalty(model).item() == 0.0
-    w = model.get_parameter("lm_head.bias")
-    with torch.no_grad():
-        w.add_(torch.arange(len(w), dtype=torch.float32))
-    expected = 0.5 * float((torch.arange(len(w), dtype=torch.float32) ** 2).sum())
-    assert penalty(model).item() == pytest.approx(expected)
-    model.zero_grad()
-    penalty(model).backward()
-    torch.testing.assert_close(w.grad, 2 * 0.5 * torch.arange(len(w), dtype=torch.float32))
-
-
-def test_l2sp_penalty_rejects_bad_input(base):
-    with pytest.raises(ValueError, match="lam"):
-        l2sp_penalty(base, -0.1)
-    with pytest.raises(ValueError, match="no trainable"):
-        l2sp_penalty(base.requires_grad_(False), 0.1)
-
-
 # --- finetune ------------------------------------------------------------------------------------
 
 
@@ -221,6 +198,21 @@ def test_summarize_means_over_seeds():
     assert row["target"] == pytest.approx(1.7)
     assert row["forgetting"] == pytest.approx(0.2)
     assert (row["forgetting_min"], row["forgetting_max"]) == pytest.approx((0.1, 0.3))
+
+
+def test_forgetting_at_and_mean_trajectory_group_runs_by_label():
+    runs = [
+        {**_run([2.0, 1.6], [1.0, 1.4], "a"), "step": [0, 10]},
+        {**_run([2.0, 1.6], [1.0, 1.2], "a"), "step": [0, 10]},
+        {**_run([2.0, 1.9], [1.0, 1.1], "b"), "step": [0, 10]},
+    ]
+    at = forgetting_at(runs, 1.8, base_source=1.0)
+    assert at["a"] == pytest.approx((0.15, 0.1, 0.2))  # halfway along each run
+    assert math.isnan(at["b"][0])  # b never reached 1.8
+    mean = mean_trajectory(runs)["a"]
+    np.testing.assert_allclose(mean["source_loss"], [1.0, 1.3])
+    with pytest.raises(ValueError, match="different steps"):
+        mean_trajectory([*runs, {**runs[0], "step": [0, 5]}])
 
 
 def test_prose_to_code_loads_the_two_domains():

@@ -398,6 +398,29 @@ def test_transformer_encoder_layer_all_three_targets(batch_first):
     assert layer.self_attn.out_proj.base.weight.grad is None
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_transformer_encoder_fast_path_with_padding_mask():
+    """nn.TransformerEncoder in eval mode packs padded batches into nested tensors and calls a
+    fused kernel that reads every weight directly: the adapters must still be applied."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    reference = copy.deepcopy(encoder).requires_grad_(False)
+    minilora.add_lora(encoder, ["linear1", "linear2", "out_proj"], r=2, alpha=4)
+    randomize_B(encoder)
+    with torch.no_grad():
+        for name, adapted in minilora.lora_layers(encoder).items():
+            reference.get_submodule(name).weight += adapted.delta_weight()
+        xs, mask = torch.randn(3, 5, 16), torch.zeros(3, 5, dtype=torch.bool)
+        mask[0, 3:] = True  # padding: the nested-tensor fast path
+        torch.testing.assert_close(
+            encoder(xs, src_key_padding_mask=mask),
+            reference(xs, src_key_padding_mask=mask),
+            rtol=0,
+            atol=1e-5,
+        )
+
+
 def test_multihead_attention_itself_is_refused_with_a_hint():
     layer = nn.TransformerEncoderLayer(16, 4, 32)
     with pytest.raises(ValueError, match="in_proj_weight.*self_attn.out_proj"):

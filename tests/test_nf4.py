@@ -177,9 +177,15 @@ def test_our_absmax_codes_are_never_farther_than_bitsandbytes():
 # ----------------------------------------------------------------------------------------------
 # Storage, layout and errors
 # ----------------------------------------------------------------------------------------------
-def test_storage_4_5_and_4_127_bits_per_weight():
+@pytest.fixture(scope="module")
+def big():
+    """A 4096 × 4096 matrix and its NF4 form without double quantization (shared: it is slow)."""
     w = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0))
-    plain = quantize_nf4(w, double_quant=False)
+    return w, quantize_nf4(w, double_quant=False)
+
+
+def test_storage_4_5_and_4_127_bits_per_weight(big):
+    w, plain = big
     double = quantize_nf4(w, double_quant=True)
     assert plain.nbytes == 4096 * 4096 // 2 + 4 * 4096 * 4096 // 64
     assert plain.bits_per_weight == 4.5
@@ -232,11 +238,10 @@ def test_bad_arguments_raise():
         dequantize_nf4(torch.randn(3))
 
 
-def test_quantize_4096_square_is_vectorized():
+def test_quantize_4096_square_matches_bitsandbytes(big):
     # correctness at size (not a timing test: see benchmarks/bench_nf4.py for speed)
-    w = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(3))
+    w, q = big
     packed, _, w_bnb = bnb_quantize(w, double_quant=False)
-    q = quantize_nf4(w, double_quant=False)
     assert torch.equal(q.codes, packed.reshape(-1))
     assert torch.equal(dequantize_nf4(q), w_bnb)
 

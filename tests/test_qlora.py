@@ -46,7 +46,7 @@ def test_qlora_trains_only_adapters_and_never_touches_the_packed_base():
     y = (X[:, :4] * X[:, 4:8]).argmax(1)  # a nonlinear 4-class task
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
-    for step in range(60):
+    for _ in range(60):
         loss = F.cross_entropy(model(X), y)
         opt.zero_grad()
         loss.backward()
