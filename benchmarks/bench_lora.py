@@ -135,9 +135,17 @@ def make_4bit_layers(d: int = D, k: int = K, seed: int = 0):
 
 
 def run_linear4bit(repeats: int = 5, warmup: int = 1) -> list[dict]:
-    """Rows for the 4-bit layers' forward (no grad), as ratios to the fp32 Linear."""
+    """Rows for the 4-bit layers' forward (no grad) and forward+backward (dx), vs fp32 Linear.
+
+    The backward of a frozen layer computes dx = dy·W. minilora's ``Linear4bit`` lets autograd
+    keep the dequantized fp32 W from the forward for it; bitsandbytes keeps only the packed
+    4-bit state and dequantizes again in backward (time traded for memory).
+    """
     linear, ours, theirs = make_4bit_layers()
-    x = torch.randn(TOKENS, K, generator=torch.Generator().manual_seed(1))
+    linear.requires_grad_(False)  # a frozen base, as under QLoRA
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(TOKENS, K, generator=gen).requires_grad_(True)
+    dy = torch.randn(TOKENS, D, generator=gen)
     with torch.no_grad():
         diff = (ours(x) - theirs(x)).abs().max().item()
         scale = linear(x).abs().max().item()
@@ -147,6 +155,13 @@ def run_linear4bit(repeats: int = 5, warmup: int = 1) -> list[dict]:
         "minilora Linear4bit": ours,
         "bitsandbytes Linear4bit": theirs,
     }
-    fns = {name: _forward(layer, x) for name, layer in layers.items()}
-    group = f"4-bit layer forward (no grad): {D}×{K}, NF4 + double quant, {TOKENS} tokens"
-    return ratio_rows(group, time_rounds(fns, repeats, warmup), "fp32 nn.Linear")
+    rows = []
+    for backward in (False, True):
+        fns = {
+            name: _train_step(layer, x, dy) if backward else _forward(layer, x)
+            for name, layer in layers.items()
+        }
+        what = "forward+backward (dx)" if backward else "forward (no grad)"
+        group = f"4-bit layer {what}: {D}×{K}, NF4 + double quant, {TOKENS} tokens"
+        rows += ratio_rows(group, time_rounds(fns, repeats, warmup), "fp32 nn.Linear")
+    return rows

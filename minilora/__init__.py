@@ -85,6 +85,7 @@ from minilora.train import (
     train_classifier,
     train_lm,
 )
+from minilora.forgetting import Recipe, best_lr, finetune, forgetting_at, lr_sweep, prose_to_code
 
 # --- chapter 09: intrinsic dimension (θ = θ0 + P·θ_d)
 from minilora.intrinsic import FastfoodProjection, IntrinsicModel, find_d90

@@ -323,12 +323,15 @@ def check_param_count(model, r: int, answer, targets=None) -> bool:
     ``targets``: the layer names LoRA adapts (as in ``add_lora``); ``None`` means every linear
     layer. The right count is Σ r·(d_in + d_out) over those layers: A is r × d_in, B is d_out × r.
     """
-    from minilora.lora import _linear_names, find_targets
+    from minilora.lora import LoRALinear, find_targets, is_linear_like
 
     if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
         raise ExerciseError(f"the answer must be a whole number of parameters, got {answer!r}")
-    if targets is None:
-        names = [n for n in _linear_names(model) if not n.endswith("(has LoRA)")]
+    if targets is None:  # every linear layer (a LoRALinear counts once, not its inner .base)
+        names = [
+            n for n, m in model.named_modules() if is_linear_like(m) or isinstance(m, LoRALinear)
+        ]
+        names = [n for n in names if not any(n.startswith(o + ".") for o in names if o)]
     else:
         names = find_targets(model, targets)
     layers = {n: model.get_submodule(n) for n in names}
@@ -337,11 +340,10 @@ def check_param_count(model, r: int, answer, targets=None) -> bool:
     want = sum(per_layer.values())
     answer = int(answer)
     if answer == want:
-        layers = f"{len(dims)} layer" + ("s" if len(dims) > 1 else "")
-        return _ok(f"{answer:,} trainable parameters: r·(d_in + d_out) summed over {layers}")
+        layers_text = f"{len(dims)} layer" + ("s" if len(dims) > 1 else "")
+        return _ok(f"{answer:,} trainable parameters: r·(d_in + d_out) summed over {layers_text}")
     weights = sum(i * o for i, o in dims.values())
-    biases = sum(getattr(m, "bias", None) is not None and o for n, (_, o) in dims.items()
-                 for m in [layers[n]])  # fmt: skip
+    biases = sum(o for n, (_, o) in dims.items() if getattr(layers[n], "bias", None) is not None)
     total = sum(p.numel() for p in model.parameters())
     named = {
         weights: "the number of weights in those layers (what full fine-tuning trains), not "

@@ -18,8 +18,6 @@ validation loss going up. Both in nats per character.
   ``level`` (linear interpolation between evaluations): forgetting *at matched learning*.
 - ``forgetting_at(runs, level, base_source)``: that, minus the base's source loss, per recipe
   (mean, min, max over seeds); ``summarize`` gives the same at the end of training.
-- ``frontier(runs, levels)``: the best source loss any run reached at each target level, the
-  learning-forgetting frontier of a method over all its learning rates and stopping times.
 """
 
 from __future__ import annotations
@@ -214,20 +212,6 @@ def source_loss_at(run: dict, level: float) -> float:
             t = (target[i - 1] - level) / (target[i - 1] - target[i])
             return source[i - 1] + t * (source[i] - source[i - 1])
     return math.nan
-
-
-def frontier(runs: Sequence[dict], levels: Sequence[float]) -> np.ndarray:
-    """For each target ``level``: the lowest source loss among ``runs`` on reaching it (or nan).
-
-    Over runs at several learning rates this is the best trade a method offers: learn this much,
-    forget at least that much, whichever learning rate and stopping step you pick.
-    """
-    out = []
-    for level in levels:
-        values = [source_loss_at(run, level) for run in runs]
-        values = [v for v in values if not math.isnan(v)]
-        out.append(min(values) if values else math.nan)
-    return np.array(out)
 
 
 def _by_label(runs: Sequence[dict]) -> dict[str, list[dict]]:

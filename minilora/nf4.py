@@ -330,12 +330,31 @@ def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # A frozen 4-bit linear layer, and swapping a model's layers for it
 # ----------------------------------------------------------------------------------------------
+class _MatmulNF4(torch.autograd.Function):
+    """x · Wᵀ with W dequantized in the forward pass, and dequantized *again* in the backward.
+
+    ``F.linear(x, dequantize(W))`` would save the dequantized W for the backward pass (dx = dy·W),
+    so during training every layer's full-precision weight would stay alive until backward: the
+    memory QLoRA exists to save. Saving only the packed NF4Tensor and dequantizing twice trades a
+    little compute for that memory, as bitsandbytes does.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, q: NF4Tensor) -> torch.Tensor:
+        ctx.q = q  # the packed state only (its tensors are the layer's buffers, not copies)
+        return x @ dequantize_nf4(q).to(x.dtype).T
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return grad_out @ dequantize_nf4(ctx.q).to(grad_out.dtype), None  # no gradient for W
+
+
 class Linear4bit(nn.Module):
     """A frozen linear layer whose weight lives only in NF4: y = x · dequantize(W)ᵀ + b.
 
     The packed codes and scales are registered buffers (so ``state_dict``, ``.to(device)`` and
-    ``load_state_dict`` carry them); no full-precision copy of the weight is kept. The forward
-    pass dequantizes the weight for the matmul; gradients flow to the input x (and so to a LoRA
+    ``load_state_dict`` carry them); no full-precision copy of the weight is kept, not even for
+    the backward pass (see ``_MatmulNF4``). Gradients flow to the input x (and so to a LoRA
     adapter or earlier layers), never to the codes. The bias, if any, stays in full precision
     (a frozen Parameter), as in bitsandbytes.
     """
@@ -395,9 +414,8 @@ class Linear4bit(nn.Module):
         return dequantize_nf4(self.quantized)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
+        y = _MatmulNF4.apply(x, self.quantized)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     @torch.no_grad()
     def merge_delta(self, delta: torch.Tensor) -> dict[str, float]:

@@ -244,3 +244,41 @@ def rank_slider(
 
 def _fmt(stat) -> str:
     return "—" if stat is None else f"{stat[0]:.3f}"
+
+
+def matched_forgetting_slider(
+    runs: Sequence[dict], base_source: float, levels: Sequence[float], colors: dict
+) -> widgets.VBox:
+    """Chapter 08: drag the matched target loss L; see each method's forgetting on reaching it.
+
+    ``runs`` are ``minilora.forgetting.finetune`` results (several seeds per label), ``colors``
+    maps each label to a colour. Forgetting at every level is computed before the widget exists.
+    """
+    import math
+
+    from minilora.forgetting import forgetting_at
+
+    levels = [round(float(level), 3) for level in levels]
+    if not levels:
+        raise ValueError("matched_forgetting_slider needs at least one target level")
+    table = {level: forgetting_at(runs, level, base_source) for level in levels}
+    reached = [v for rows in table.values() for v in rows.values() if not math.isnan(v[0])]
+    xlim = (min(0.0, *(v[1] for v in reached)), max(0.0, *(v[2] for v in reached)) * 1.1 + 0.01)
+
+    def draw(level):
+        rows = table[level]
+        labels = list(rows)[::-1]  # first label on top
+        fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(labels) + 1.0))
+        for i, label in enumerate(labels):
+            mean, lo, hi = rows[label]
+            if math.isnan(mean):  # this method never learned that much
+                ax.text(0.002, i, "never reached L", va="center", fontsize=8)
+            else:
+                ax.barh(i, mean, xerr=[[mean - lo], [hi - mean]], color=colors[label], capsize=2)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set(xlim=xlim, title=f"forgetting when the code loss first reaches L = {level:.3f}")
+        ax.set_xlabel("Δ prose val loss on reaching L (nats/char; mean, min–max over seeds)")
+        fig.tight_layout()
+        plt.show()
+
+    return slider_plot(draw, level=choice_slider("matched code loss L", levels))

@@ -319,3 +319,11 @@ def test_d90():
     rejects(check_d90, 50, "not one of the dimensions", dims, gains, full)
     rejects(check_d90, 1000, "the answer is None", dims, [0.0, 0.1, 0.2, 0.3], full)
     assert check_d90([1, 2], [0.1, 0.2], 0.9, None)  # nothing reached 90 %
+
+
+def test_param_count_on_a_model_that_already_has_lora_or_4bit_layers():
+    from minilora import add_lora, quantize_model
+
+    wrapped = add_lora(DigitsMLP(), ["fc1", "fc2", "head"], r=4)
+    assert check_param_count(wrapped, 4, 4 * (320 + 512 + 266))  # each layer counted once
+    assert check_param_count(quantize_model(DigitsMLP()), 2, 2 * (320 + 512 + 266))

@@ -12,7 +12,6 @@ from minilora.forgetting import (
     best_lr,
     finetune,
     forgetting_at,
-    frontier,
     lr_sweep,
     mean_trajectory,
     measure,
@@ -177,15 +176,6 @@ def test_source_loss_at_interpolates_the_first_crossing():
     assert source_loss_at(run, 1.7) == pytest.approx(1.3)  # halfway from 1.8 to 1.6
     assert source_loss_at(run, 1.5) == pytest.approx(1.3 + (2 / 3) * 0.7)  # 1.7 → 1.4 crosses
     assert math.isnan(source_loss_at(run, 1.0))
-
-
-def test_frontier_is_the_lowest_source_loss_over_runs():
-    slow = _run([2.0, 1.9, 1.8], [1.0, 1.05, 1.1])
-    fast = _run([2.0, 1.6, 1.5], [1.0, 1.5, 1.6])
-    levels = [1.9, 1.8, 1.6, 1.4]
-    np.testing.assert_allclose(
-        frontier([slow, fast], levels), [1.05, 1.1, 1.5, np.nan], equal_nan=True
-    )
 
 
 def test_summarize_means_over_seeds():

@@ -312,3 +312,21 @@ def test_quantize_model_rejects_bad_names_and_leaves_model_unchanged():
     with pytest.raises(ValueError, match="non-finite"):
         quantize_model(model)
     assert all(isinstance(m, nn.Linear) for m in model)
+
+
+def test_linear4bit_keeps_no_float_weight_for_backward():
+    torch.manual_seed(0)
+    layer = Linear4bit.from_linear(nn.Linear(128, 96, bias=False))
+    x = torch.randn(4, 128, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    assert not any(t.is_floating_point() and t.numel() >= 96 * 128 for t in saved)
+    y.sum().backward()
+    w_hat = layer.dequantize()
+    assert torch.allclose(x.grad, w_hat.sum(0).expand(4, -1), atol=1e-5)
