@@ -4,14 +4,16 @@ One 4096 × 4096 float32 layer, r = 8, a batch of 512 tokens. Both LoRA layers w
 ``nn.Linear`` object and carry the same A and B (B random, so the adapter path is not a no-op);
 their outputs are checked to agree before anything is timed.
 
-The arithmetic limit. A base forward costs 2·n·k·d multiply-adds; the two thin LoRA matmuls add
-2·n·r·(k + d), so unmerged LoRA can at best take 1 + r·(d+k)/(d·k) times the base's forward time.
-A training step also runs backward. The frozen base still owes dx = dy·W0 (2·n·k·d, earlier
-layers need it) but no dW; LoRA's backward owes dB, dh, dA and dh·A (4·n·r·(k + d)). So the
-forward+backward limit is 1 + 1.5·r·(d+k)/(d·k). Merged, the layer *is* a plain Linear: limit 1.
+The arithmetic limit. A base forward costs 2·n·k·d floating-point operations; the two thin
+LoRA matmuls add 2·n·r·(k + d), so unmerged LoRA can at best take 1 + r·(d+k)/(d·k) times the
+base's forward time. A training step also runs backward. The frozen base still owes dx = dy·W0
+(2·n·k·d, earlier layers need it) but no dW; LoRA's backward owes dB, dh, dA and dh·A
+(4·n·r·(k + d)). So the forward+backward limit is 1 + 1.5·r·(d+k)/(d·k). Merged, the layer *is*
+a plain Linear: limit 1.
 
-``run_linear4bit`` times a 4-bit layer's forward: minilora's ``Linear4bit`` against
-bitsandbytes' ``Linear4bit`` (NF4, double quantization, fp32 compute) and the fp32 ``nn.Linear``.
+``run_linear4bit`` times a 4-bit layer's forward and forward+backward: minilora's
+``Linear4bit`` against bitsandbytes' ``Linear4bit`` (NF4, double quantization, fp32 compute)
+and the fp32 ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -116,6 +118,58 @@ def run(repeats: int = 5, warmup: int = 1) -> list[dict]:
     return rows
 
 
+def profile_step(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, steps: int = 3) -> dict:
+    """Seconds per training step in big matmuls, thin (rank-r) matmuls and everything else.
+
+    From ``torch.profiler`` (self CPU time of each op, so nothing is counted twice): a matmul
+    is thin if one of its input dimensions is at most the rank.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step = _train_step(layer, x, dy)
+    step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    parts = {"big": 0.0, "thin": 0.0, "other": 0.0}
+    for event in prof.key_averages(group_by_input_shape=True):
+        seconds = event.self_cpu_time_total / 1e6 / steps
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            dims = [d for shape in event.input_shapes if len(shape) == 2 for d in shape]
+            parts["thin" if dims and min(dims) <= R else "big"] += seconds
+        else:
+            parts["other"] += seconds
+    return parts
+
+
+def run_breakdown() -> list[dict]:
+    """Where minilora's LoRA training step spends its time, next to the FLOP shares."""
+    _, ours, _, _ = make_layers()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(TOKENS, K, generator=gen).requires_grad_(True)
+    dy = torch.randn(TOKENS, D, generator=gen)
+    parts = profile_step(ours, x, dy)
+    group = "minilora LoRA step, where the time goes (torch.profiler, self time per step)"
+    limit = flop_limit(D, K, R, backward=True) - 1
+    cases = {
+        "x·W0ᵀ and dy·W0 (the frozen base)": (parts["big"], "FLOP share 1"),
+        f"thin matmuls (rank {R})": (parts["thin"], f"FLOP share {limit:.4f}"),
+        "element-wise and autograd bookkeeping": (parts["other"], "no matmul FLOPs"),
+    }
+    return [
+        {
+            "group": group,
+            "case": case,
+            "seconds": seconds,
+            "ratio": seconds / parts["big"],
+            "vs": "x·W0ᵀ and dy·W0 (the frozen base)",
+            "note": note,
+            "how": "mean over 3 profiled steps",
+        }
+        for case, (seconds, note) in cases.items()
+    ]
+
+
 def make_4bit_layers(d: int = D, k: int = K, seed: int = 0):
     """(fp32 nn.Linear, minilora Linear4bit, bitsandbytes Linear4bit NF4): the same weight."""
     import bitsandbytes as bnb
@@ -137,9 +191,9 @@ def make_4bit_layers(d: int = D, k: int = K, seed: int = 0):
 def run_linear4bit(repeats: int = 5, warmup: int = 1) -> list[dict]:
     """Rows for the 4-bit layers' forward (no grad) and forward+backward (dx), vs fp32 Linear.
 
-    The backward of a frozen layer computes dx = dy·W. minilora's ``Linear4bit`` lets autograd
-    keep the dequantized fp32 W from the forward for it; bitsandbytes keeps only the packed
-    4-bit state and dequantizes again in backward (time traded for memory).
+    The backward of a frozen layer computes dx = dy·W. Both 4-bit layers keep only the packed
+    state for it and dequantize W a second time in backward (time traded for memory: keeping
+    the fp32 W from the forward would hold a full-precision copy of every layer until backward).
     """
     linear, ours, theirs = make_4bit_layers()
     linear.requires_grad_(False)  # a frozen base, as under QLoRA

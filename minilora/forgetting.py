@@ -63,9 +63,11 @@ class Recipe:
             raise ValueError(f"unknown kind {self.kind!r}; choose one of {KINDS}")
         if self.kind == "full" and self.r is not None:
             raise ValueError("full fine-tuning has no rank; leave r=None")
-        if self.kind != "full" and (not isinstance(self.r, int) or self.r < 1):
+        bad_rank = isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1
+        if self.kind != "full" and bad_rank:
             raise ValueError(f"{self.kind} needs an integer rank r >= 1, got {self.r!r}")
-        if not (math.isfinite(self.l2sp) and self.l2sp >= 0):
+        number = isinstance(self.l2sp, (int, float)) and not isinstance(self.l2sp, bool)
+        if not (number and math.isfinite(self.l2sp) and self.l2sp >= 0):
             raise ValueError(f"l2sp must be a number >= 0, got {self.l2sp!r}")
         if self.l2sp and self.kind != "full":
             raise ValueError("l2sp pulls trainable weights toward the base: use it with 'full'")
@@ -85,13 +87,15 @@ class Task:
     target_train: torch.Tensor
     target_val: torch.Tensor
     source_val: torch.Tensor
-    steps: int = 100
+    steps: int = 50
     batch_size: int = 8
-    eval_every: int = 20
+    eval_every: int = 25
     eval_batches: int = 2  # × 32 windows of block_size characters, the same on every call
 
 
-def prose_to_code(steps: int = 100, batch_size: int = 8, eval_every: int = 20, eval_batches=2):
+def prose_to_code(
+    steps: int = 50, batch_size: int = 8, eval_every: int = 25, eval_batches: int = 2
+) -> Task:
     """The chapter's task: adapt a prose model to Python code, watch the prose validation loss."""
     return Task(
         target_train=load_text("code", "train"),

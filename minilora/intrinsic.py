@@ -9,9 +9,10 @@ Why not a dense P. For the course's digits MLP, D = 85,002; a dense Gaussian P w
 would hold 850 million floats (3.4 GB). Regenerating its columns chunk by chunk from a seed saves
 the memory but costs D·d random numbers on every forward *and* backward pass, far too slow to sweep
 d in a notebook. So, like the paper (and Li et al. 2018 before it), we use the **Fastfood**
-transform, a structured matrix that is applied in O(n log n) time and stored in O(n) memory:
+transform, a structured matrix that is applied in about O(n log n) time and stored in O(n)
+memory:
 
-    P·θ_d = first D entries of  H · G · Π · H · B · pad(θ_d) / (√n · ‖g‖)
+    P·θ_d = first D entries of  H · G · Π · H · B · pad(θ_d) / (√D · ‖g‖)
 
 with n the next power of two ≥ max(D, d), ``pad`` appending zeros up to length n, and
 
@@ -24,9 +25,8 @@ Each column of the n × n matrix H·G·Π·H·B has squared length exactly n·�
 lengths by √n, Π and B keep them, and the vector G meets has ±1 entries), spread evenly over the
 rows on average; keeping D rows and dividing by √D·‖g‖ gives columns of length ≈ 1 (exactly 1
 when D = n), like a dense Gaussian matrix with N(0, 1/D) entries; distinct columns are nearly
-orthogonal. The
-three random vectors (B, Π, G) are drawn from a seeded generator: the whole projection is
-reproducible from ``(D, d, seed)`` and costs three length-n vectors of memory.
+orthogonal. The three random vectors (B, Π, G) are drawn from a seeded generator: the whole
+projection is reproducible from ``(D, d, seed)`` and costs three length-n vectors of memory.
 
 Everything here is ordinary PyTorch arithmetic, so autograd gives ∂loss/∂θ_d = Pᵀ·∂loss/∂θ for
 free. ``IntrinsicModel`` wraps a pretrained model: its only trainable parameter is ``theta_d``
@@ -36,6 +36,7 @@ like any other model.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -49,7 +50,8 @@ def hadamard_transform(v: torch.Tensor) -> torch.Tensor:
     H_n is a Kronecker product of small Hadamard matrices, H_n = H_a ⊗ H_b ⊗ ... (a·b·... = n).
     Viewing v as an a × b × ... array, the product applies H_a along the first axis, H_b along
     the second, and so on: a few small matmuls, O(n·(a + b + ...)) work instead of n², and no
-    n × n matrix in memory. Blocks of 64 keep the matmuls small and the loop short.
+    n × n matrix in memory. Factors of 64 keep the matmuls small and the loop short (three
+    rounds for n = 2^17), which on a CPU beats the textbook log2(n) rounds of additions.
     """
     n = v.shape[-1]
     if v.dim() != 1 or n < 1 or n & (n - 1):
@@ -157,8 +159,6 @@ class IntrinsicModel(nn.Module):
     @torch.no_grad()
     def to_base(self) -> nn.Module:
         """A plain copy of the base model holding θ0 + P·θ_d (for saving or fast inference)."""
-        import copy
-
         model = copy.deepcopy(self.base)
         for name, tensor in self.full_parameters().items():
             model.get_parameter(name).copy_(tensor)

@@ -77,3 +77,30 @@ def test_bad_arguments_raise(kwargs):
         ratio_rows("g", {"a": [1.0]}, "b")
     with pytest.raises(ValueError, match="at least one"):
         time_rounds({})
+
+
+# --- benchmarks.run: the markdown it writes, from made-up rows (nothing is timed) -------------
+def test_results_tables_and_trailing_rows():
+    from benchmarks.run import speed_tables, trailing
+
+    rows = ratio_rows("G", {"ref": [1.0], "minilora x": [3.0], "PEFT x": [2.0]}, "ref")
+    text = "\n".join(speed_tables(rows))
+    assert "#### G" in text and "| minilora x | 3,000.0 ms | 3.000 |  |" in text
+    (line,) = trailing(rows)
+    assert "minilora x takes 1.50× the time of PEFT x" in line
+    fast = ratio_rows("G", {"ref": [1.0], "minilora x": [2.0], "PEFT x": [2.0]}, "ref")
+    assert trailing(fast)[0].startswith("- none")
+
+
+def test_memory_table_ratios():
+    from benchmarks.run import memory_tables
+
+    def row(method, kept, peak, bits=None):
+        return dict(base="m", method=method, trainable=1, weights=kept, grads=0, adam=0,
+                    kept=kept, saved=0, peak_mib=peak, bits_4bit=bits, n_4bit=100)  # fmt: skip
+
+    rows = [row("full", 4e6, 100.0), row("LoRA", 2e6, 50.0), row("QLoRA", 1e6, 25.0, 4.2)]
+    text = "\n".join(memory_tables(rows, 4.0))
+    assert "| LoRA | 1 | 2.00 | 0.00 | 0.00 | 2.00 | 0.00 | 50.0 | 0.500 |" in text
+    assert "**4.2000 bits per weight** (limit 4.0000; ratio 1.0500)" in text
+    assert "LoRA 0.500, QLoRA 0.250" in text

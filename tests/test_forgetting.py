@@ -59,6 +59,8 @@ def _run(target, source, label="x", lr=1e-3):
         (dict(kind="full", r=8), "no rank"),
         (dict(kind="lora"), "rank r"),
         (dict(kind="qlora", r=0), "rank r"),
+        (dict(kind="lora", r=True), "rank r"),
+        (dict(kind="full", l2sp="0.1"), "l2sp"),
         (dict(kind="full", l2sp=-1.0), "l2sp"),
         (dict(kind="full", l2sp=math.nan), "l2sp"),
         (dict(kind="lora", r=4, l2sp=0.1), "use it with 'full'"),
@@ -144,7 +146,7 @@ def test_strong_l2sp_keeps_the_model_near_the_base(base, task):
 
     def distance(model):
         return sum(
-            float(((p - q) ** 2).sum())
+            (p - q).detach().pow(2).sum().item()
             for p, q in zip(model.parameters(), base.parameters(), strict=True)
         )
 
@@ -209,3 +211,19 @@ def test_prose_to_code_loads_the_two_domains():
     task = prose_to_code(steps=5)
     assert task.steps == 5 and len(task.target_train) > 100_000
     assert len(task.source_val) > 10_000 and len(task.target_val) > 10_000
+
+
+def test_matched_forgetting_slider_builds_and_rejects_no_levels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from minilora.widgets import matched_forgetting_slider
+
+    runs = [
+        {**_run([2.0, 1.6], [1.0, 1.4], "a"), "step": [0, 10]},
+        {**_run([2.0, 1.9], [1.0, 1.1], "b"), "step": [0, 10]},
+    ]
+    box = matched_forgetting_slider(runs, 1.0, [1.95, 1.7], {"a": "C0", "b": "C1"})
+    assert box.children[0].children[0].options == (1.95, 1.7)
+    with pytest.raises(ValueError, match="at least one"):
+        matched_forgetting_slider(runs, 1.0, [], {"a": "C0", "b": "C1"})
