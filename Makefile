@@ -35,8 +35,8 @@ test: $(STAMP)
 	$(PY) -m pytest --nbval-lax tests notebooks $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check minilora tests notebooks benchmarks
-	$(VENV)/bin/ruff format --check minilora tests benchmarks
+	$(VENV)/bin/ruff check minilora tests notebooks benchmarks instructor conftest.py
+	$(VENV)/bin/ruff format --check minilora tests benchmarks instructor conftest.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -28,7 +28,7 @@ NOTEBOOK_SECONDS = ROOT / "test-output" / "notebook_seconds.json"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (1)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per group (5)")
+    parser.add_argument("--repeats", type=int, default=6, help="timed rounds per group (6)")
     parser.add_argument("--quick", action="store_true", help="2 rounds, no peak-RSS processes")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     return parser.parse_args(argv)
@@ -257,7 +257,7 @@ def main(argv=None) -> None:
         f"- Machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} "
         f"{platform.release()}",
         f"- Threads: torch {threads}; numpy BLAS {blas_threads()}",
-        f"- Rounds: {repeats} timed (+1 warm-up) per group; {3 * repeats} for the NumPy step",
+        f"- Rounds: {repeats} timed (+1 warm-up) per group; {3 * repeats} (+2) for the NumPy step",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
     ]

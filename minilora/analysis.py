@@ -26,8 +26,7 @@ from minilora.lora import LoRALinear, add_lora, count_parameters
 
 
 def _layer_weight(module: nn.Module) -> torch.Tensor:
-    if isinstance(module, LoRALinear):
-        return module.weight.detach()  # W0 + scaling·B·A (the adapted weight)
+    # For a LoRALinear, ``.weight`` is the adapted weight W0 + scaling·B·A (see minilora.lora).
     return module.weight.detach()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,7 +40,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-REDRAW_BOUND_S = 2.0  # from key press to a new figure on screen; sliders must feel live
+# From key press to a new figure on screen, median of three moves: sliders must feel live.
+# (Measured under CI's load, with the other test worker running notebooks on the second core.)
+REDRAW_BOUND_S = 2.0
+MOVES = ("ArrowRight", "ArrowLeft", "ArrowRight")
 RUN_ALL_TIMEOUT_S = float(os.environ.get("MINILORA_RUN_ALL_TIMEOUT", 240))
 OUT_DIR = ROOT / "test-output" / "browser"
 TIMINGS: dict[str, list[float]] = {}
@@ -105,11 +107,11 @@ def lab(tmp_path_factory):
             try:
                 urllib.request.urlopen(f"{url}/api/status", timeout=2).close()
                 break
-            except OSError:
+            except OSError as err:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(
                         f"JupyterLab did not start: {(root / 'lab.log').read_text()}"
-                    )
+                    ) from err
                 time.sleep(0.5)
         yield url, root
     finally:
@@ -167,6 +169,30 @@ def _figure_bytes(slider_box) -> str:
     return img.get_attribute("src") or ""
 
 
+def _move_and_time(page, slider, box, key: str) -> float | None:
+    """Press an arrow key on the slider's handle; seconds until readout AND figure changed."""
+    readout = slider.locator(".widget-readout")
+    before_text, before_fig = readout.inner_text().strip(), _figure_bytes(box)
+    slider.locator(".noUi-handle").first.focus()
+    start = time.monotonic()
+    page.keyboard.press(key)
+    page.wait_for_timeout(50)
+    if readout.inner_text().strip() == before_text:  # at that end of the range: go the other way
+        other = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
+        start = time.monotonic()
+        page.keyboard.press(other)
+    page.wait_for_function(
+        "([el, old]) => el.textContent.trim() !== old",
+        arg=[readout.element_handle(), before_text],
+        timeout=10_000,
+    )
+    while _figure_bytes(box) == before_fig:
+        if time.monotonic() - start > 30:
+            return None
+        page.wait_for_timeout(20)
+    return time.monotonic() - start
+
+
 @pytest.mark.parametrize("notebook", slider_notebooks(), ids=lambda p: p.stem)
 def test_chapter_runs_and_sliders_redraw_in_the_browser(notebook, lab, browser):
     url, root = lab
@@ -212,26 +238,11 @@ def test_chapter_runs_and_sliders_redraw_in_the_browser(notebook, lab, browser):
             slider = sliders.nth(i)
             # The slider's box (HBox of sliders + output) is the nearest widget-vbox around it.
             box = slider.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]")
-            readout = slider.locator(".widget-readout")
-            before_text, before_fig = readout.inner_text(), _figure_bytes(box)
-            slider.locator(".noUi-handle").first.focus()
-            start = time.monotonic()
-            page.keyboard.press("ArrowRight")
-            if readout.inner_text() == before_text:  # already at the right end: go left
-                page.keyboard.press("ArrowLeft")
-                page.keyboard.press("ArrowLeft")
-            page.wait_for_function(
-                "([el, old]) => el.textContent.trim() !== old",
-                arg=[readout.element_handle(), before_text.strip()],
-                timeout=10_000,
-            )
-            deadline = start + 30
-            while _figure_bytes(box) == before_fig and time.monotonic() < deadline:
-                page.wait_for_timeout(25)
-            elapsed = time.monotonic() - start
-            assert _figure_bytes(box) != before_fig, f"{name}: slider {i} did not redraw its figure"
-            timings.append(elapsed)
-            assert elapsed < REDRAW_BOUND_S, f"{name}: slider {i} took {elapsed:.2f}s to redraw"
+            seconds = [_move_and_time(page, slider, box, key) for key in MOVES]
+            timings.extend(seconds)
+            assert all(t is not None for t in seconds), f"{name}: slider {i} did not redraw"
+            typical = sorted(seconds)[len(seconds) // 2]
+            assert typical < REDRAW_BOUND_S, f"{name}: slider {i} redraws in {seconds} s"
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         sliders.first.scroll_into_view_if_needed()
         page.screenshot(path=str(OUT_DIR / f"{notebook.stem}.png"))
