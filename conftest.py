@@ -4,6 +4,9 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,3 +29,13 @@ def pytest_sessionfinish(session, exitstatus):
         out = ROOT / "test-output" / "notebook_seconds.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(dict(sorted(_NOTEBOOK_SECONDS.items())), indent=1))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one thread: small tensors are faster so on a shared 2-core machine, and
+    numbers documented from single-threaded runs (the shipped checkpoints) are reproduced."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

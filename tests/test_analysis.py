@@ -19,13 +19,7 @@ from minilora.lora import add_lora
 from minilora.models import DigitsMLP, MLPConfig
 from minilora.train import train_classifier
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 def test_truncate_rank_is_the_best_rank_r_approximation():

@@ -12,14 +12,7 @@ from minilora.intrinsic import FastfoodProjection, IntrinsicModel, find_d90, had
 from minilora.models import DigitsMLP
 from minilora.train import train_classifier
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than two fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 64, 128, 512, 4096])

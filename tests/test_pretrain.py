@@ -16,13 +16,7 @@ from minilora.pretrain import (
 )
 from minilora.train import accuracy, lm_loss_on
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the documented numbers were measured with one thread
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 def test_digits_checkpoint_reaches_documented_quality():
