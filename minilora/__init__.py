@@ -1,7 +1,9 @@
 """minilora: LoRA and QLoRA from scratch, the package the course's notebooks are built on.
 
 Read the modules in chapter order: ``lora_numpy`` (01-02), ``budget`` (03), ``lora`` (04),
-``nf4`` (05-06), ``models``/``data``/``train``/``pretrain`` (07-08), ``widgets``, ``exercises``.
+``nf4`` (05-06), ``models``/``data``/``pretrain``/``train``/``analysis`` (07),
+``forgetting`` (08), ``intrinsic`` (09). Shared by all chapters: ``course`` (seeds, threads,
+colours) and ``widgets`` (sliders). Homework: ``exercises``.
 """
 
 __version__ = "0.1.0"
@@ -10,22 +12,6 @@ from minilora.course import COLORS, setup
 
 # --- chapter 01-02: NumPy LoRA (minilora.lora_numpy) is used as a submodule: minilora.lora_numpy
 from minilora import lora_numpy  # top-level LoRALinear is the PyTorch one (chapter 04)
-
-# --- chapter 04: LoRA in PyTorch
-from minilora.lora import (
-    LINEAR_TYPES,
-    LoRALinear,
-    add_lora,
-    count_parameters,
-    disable_lora,
-    lora_layers,
-    load_adapter,
-    lora_state_dict,
-    merge_lora,
-    read_adapter,
-    save_adapter,
-    trainable_report,
-)
 
 # --- chapter 03: parameter and memory budget
 from minilora.budget import (
@@ -44,6 +30,22 @@ from minilora.budget import (
     format_count,
     lora_params,
     memory_table,
+)
+
+# --- chapter 04: LoRA in PyTorch
+from minilora.lora import (
+    LINEAR_TYPES,
+    LoRALinear,
+    add_lora,
+    count_parameters,
+    disable_lora,
+    lora_layers,
+    load_adapter,
+    lora_state_dict,
+    merge_lora,
+    read_adapter,
+    save_adapter,
+    trainable_report,
 )
 
 # --- chapter 05-06: NF4 and QLoRA
