@@ -25,10 +25,12 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, "workerinput"):  # an xdist worker: the controller sees all reports
         return
-    if _NOTEBOOK_SECONDS:
+    if _NOTEBOOK_SECONDS:  # merge, so running one chapter keeps the others' last times
         out = ROOT / "test-output" / "notebook_seconds.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(dict(sorted(_NOTEBOOK_SECONDS.items())), indent=1))
+        seconds = json.loads(out.read_text()) if out.exists() else {}
+        seconds.update(_NOTEBOOK_SECONDS)
+        out.write_text(json.dumps(dict(sorted(seconds.items())), indent=1))
 
 
 @pytest.fixture

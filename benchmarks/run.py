@@ -140,7 +140,7 @@ def notebook_table() -> list[str]:
             "",
         ]
     seconds = json.loads(NOTEBOOK_SECONDS.read_text())
-    when = dt.datetime.fromtimestamp(NOTEBOOK_SECONDS.stat().st_mtime, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(NOTEBOOK_SECONDS.stat().st_mtime, dt.UTC)
     lines = [
         f"From `test-output/notebook_seconds.json`, written {when:%Y-%m-%d %H:%M} UTC by the last "
         "pytest run over the notebooks (summed nbval cell times; `make bench` does not re-run "
@@ -243,8 +243,9 @@ def main(argv=None) -> None:
     elapsed = time.time() - started
 
     v = versions()
-    now = dt.datetime.now(dt.timezone.utc)
-    busy = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
+    now = dt.datetime.now(dt.UTC)
+    # The load after the run includes this run's own thread; the load before is the others'.
+    busy = load_before[0] > 0.5 * (os.cpu_count() or 1)
     lines = [
         "# minilora benchmarks",
         "",
@@ -259,14 +260,15 @@ def main(argv=None) -> None:
         f"- Threads: torch {threads}; numpy BLAS {blas_threads()}",
         f"- Rounds: {repeats} timed (+1 warm-up) per group; {3 * repeats} (+2) for the NumPy step",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+        f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        "(after includes this run)",
     ]
     if busy:
         lines.append(
-            "- **Caveat:** the machine was shared with other jobs during this run (load average "
-            "above half the core count), so single times are noisy; ratios of cases measured in "
-            "the same round are more trustworthy than the absolute times, and differences of a "
-            "few per cent are within the noise."
+            "- **Caveat:** the machine was busy with other jobs when this run started (load "
+            "average above half the core count), so single times are noisy; ratios of cases "
+            "measured in the same round are more trustworthy than the absolute times, and "
+            "differences of a few per cent are within the noise."
         )
     lines += ["", "## Speed", ""]
     lines += speed_tables(speed)
