@@ -35,11 +35,35 @@ PUBLISHED_NF4 = [
 SHAPES = [(64, 64), (128, 96), (3, 5), (1, 1), (7,), (1000,), (129, 33), (2, 3, 11), (16_389,)]
 
 
+def published_dequantize(packed, absmax, n, blocksize=64):
+    """The QLoRA formula w = NF4[code] · absmax[block], applied to bitsandbytes' own codes.
+
+    bitsandbytes is our oracle for the *format* only (codes, absmax, double-quantization state),
+    which its pure-PyTorch quantizer computes identically on every CPU. Its CPU dequantize kernel
+    is not an oracle: on CPUs with avx512_bf16 (bitsandbytes 0.50.2) it returns wrong values for
+    some shapes (128 × 96: relative error 0.26 against 0.09 from the same codes). So the values
+    are recomputed here from the published definition, one float32 product per weight.
+    """
+    codes = packed.reshape(-1)
+    index = torch.stack([codes >> 4, codes & 0x0F], dim=1).reshape(-1)[:n].long()  # high first
+    values = torch.tensor(PUBLISHED_NF4, dtype=torch.float32)[index]
+    return values * absmax.float()[torch.arange(n) // blocksize]
+
+
+def published_absmax(state):
+    """Double quantization undone by its definition: DYNAMIC[code] · scale[block of 256] + mean."""
+    codes = state.absmax.reshape(-1).long()
+    scale = state.state2.absmax[torch.arange(codes.numel()) // 256]
+    return bnbf.create_dynamic_map()[codes] * scale + state.offset
+
+
 def bnb_quantize(w, double_quant):
+    """bitsandbytes' packed codes and state, and the weights they stand for (by the formula)."""
     packed, state = bnbf.quantize_4bit(
         w, blocksize=64, quant_type="nf4", compress_statistics=double_quant
     )
-    return packed, state, bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+    absmax = published_absmax(state) if double_quant else state.absmax
+    return packed, state, published_dequantize(packed, absmax, w.numel()).view(w.shape)
 
 
 # ----------------------------------------------------------------------------------------------
