@@ -1,7 +1,7 @@
 """minilora: LoRA and QLoRA from scratch, the package the course's notebooks are built on.
 
 The names below are the homework API: adapt any PyTorch model, count what you train, keep
-adapters on disk, and put a frozen base in 4-bit NF4 (QLoRA).
+adapters on disk (or export them for PEFT), and put a frozen base in 4-bit NF4 (QLoRA).
 
 The idea modules read in chapter order:
 ``lora_numpy`` (01-02, NumPy with hand-derived gradients), ``budget`` (03, pure-Python
@@ -21,11 +21,19 @@ from minilora.lora import (
     count_parameters,
     disable_lora,
     lora_layers,
-    lora_state_dict,
     merge_lora,
     trainable_report,
+    unload_lora,
+    unmerge_lora,
 )
-from minilora.adapters import load_adapter, read_adapter, save_adapter
+from minilora.adapters import (
+    base_state_dict,
+    export_peft,
+    load_adapter,
+    lora_state_dict,
+    read_adapter,
+    save_adapter,
+)
 from minilora.nf4 import (
     Linear4bit,
     NF4Tensor,
@@ -36,21 +44,28 @@ from minilora.nf4 import (
 )
 
 __all__ = [
+    # the layer and the model-level verbs (chapter 04)
     "LoRALinear",
     "add_lora",
-    "count_parameters",
+    "merge_lora",
+    "unmerge_lora",
+    "unload_lora",
     "disable_lora",
+    "lora_layers",
+    "count_parameters",
+    "trainable_report",
+    # state dicts and adapter files
+    "lora_state_dict",
+    "base_state_dict",
+    "save_adapter",
+    "read_adapter",
+    "load_adapter",
+    "export_peft",
+    # NF4 and QLoRA (chapters 05-06)
+    "NF4Tensor",
+    "quantize_nf4",
     "dequantize_nf4",
     "Linear4bit",
-    "load_adapter",
-    "lora_layers",
-    "lora_state_dict",
-    "merge_lora",
-    "model_nbytes",
-    "NF4Tensor",
     "quantize_model",
-    "quantize_nf4",
-    "read_adapter",
-    "save_adapter",
-    "trainable_report",
+    "model_nbytes",
 ]

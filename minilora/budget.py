@@ -147,26 +147,28 @@ def count_lora_parameters(shape: ModelShape, targets, r: int) -> tuple[int, int]
 
 
 def describe(model, name: str | None = None) -> ModelShape:
-    """Build a ``ModelShape`` from a real PyTorch module by reading its ``nn.Linear`` layers.
+    """Build a ``ModelShape`` from a real PyTorch module by reading its dense linear layers.
 
-    Linear layers with the same name (layer index replaced by ``*``), shape and bias become one
-    ``Matrix`` with a count; every other parameter goes to ``other``. A parameter shared by two
-    modules (tied weights) is counted once, as ``model.parameters()`` does. Limitation: two
-    Linear layers sharing one weight become a single matrix here, while ``add_lora`` would give
-    each its own adapter.
+    The layers ``add_lora`` can adapt (``nn.Linear``, transformers' ``Conv1D``; see
+    ``minilora.lora.base_features``). Linear layers with the same name (layer index replaced
+    by ``*``), shape and bias become one ``Matrix`` with a count; every other parameter goes to
+    ``other``. A parameter shared by two modules (tied weights) is counted once, as
+    ``model.parameters()`` does. Limitation: two linear layers sharing one weight become a
+    single matrix here, while ``add_lora`` would give each its own adapter.
     """
-    import torch.nn as nn
+    from minilora.lora import base_features, is_packed  # torch, only when a model is read
 
     seen: set[int] = set()
     groups: dict[tuple[str, int, int, bool], list[str]] = {}
     for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or id(module.weight) in seen:
+        features = base_features(module)
+        if features is None or is_packed(module) or id(module.weight) in seen:
             continue
         seen.add(id(module.weight))
-        has_bias = module.bias is not None
+        has_bias = getattr(module, "bias", None) is not None
         if has_bias:
             seen.add(id(module.bias))
-        key = (layer_pattern(module_name), module.out_features, module.in_features, has_bias)
+        key = (layer_pattern(module_name), features[1], features[0], has_bias)
         groups.setdefault(key, []).append(module_name)
     matrices = tuple(
         Matrix(pattern, d_out, d_in, len(names), bias, module_names=tuple(names))

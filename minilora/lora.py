@@ -1,4 +1,4 @@
-"""LoRA for any PyTorch model: wrap linear layers, train only A and B, merge, count.
+"""LoRA for any PyTorch model: wrap linear layers, train only A and B, merge, unload, count.
 
 The companion of chapter 04. One class and a handful of verbs:
 
@@ -8,29 +8,36 @@ The companion of chapter 04. One class and a handful of verbs:
   ``scaling = alpha / r`` (``alpha / sqrt(r)`` with rsLoRA). Because B starts at zero, a freshly
   wrapped model computes exactly what the pretrained one did.
 - ``add_lora(model, targets, ...)`` swaps the chosen layers for ``LoRALinear`` and freezes
-  everything else; ``merge_lora`` folds ``ΔW = scaling · B·A`` back into plain layers (no
-  inference overhead); ``disable_lora`` is a context manager that runs the base model.
-- ``lora_state_dict``, ``count_parameters`` / ``trainable_report`` answer "what am I training?".
-  Adapter files live in ``minilora.adapters``.
+  everything else (``"all-linear"`` picks every linear layer but the output head);
+  ``merge_lora`` folds ``ΔW = scaling · B·A`` into the base weights, ``unmerge_lora`` takes it out
+  again, ``unload_lora`` removes the adapters without merging, ``disable_lora`` is a context
+  manager that runs the base model.
+- ``count_parameters`` / ``trainable_report`` answer "what am I training?". State dicts (only
+  the adapters, or the base with its original keys) and adapter files live in
+  ``minilora.adapters``.
 
 Which layers can be a base. A layer is recognised by what it offers, not by its class:
 
 - ``in_features``, ``out_features`` and a 2-D float ``weight`` of shape (out, in): ``nn.Linear``
   and its subclasses;
 - ``nx``, ``nf`` and a 2-D float ``weight`` of shape (in, out) = (nx, nf): the transposed linear
-  layer of GPT-2 (transformers' ``Conv1D``), merged through ``weight.T``;
-- ``in_features``, ``out_features`` and a ``dequantize()`` method returning the (out, in) float
-  weight: a packed, frozen base such as ``minilora.nf4.Linear4bit``. Merging into it needs its
-  ``merge_delta(delta)`` method.
+  layer of GPT-2 (transformers' ``Conv1D``);
+- ``in_features``, ``out_features`` and ``dequantize()`` returning the (out, in) float weight: a
+  packed, frozen base such as ``minilora.nf4.Linear4bit``. It never changes in place: merging
+  asks it for a new base, ``base.merged_with(delta)``.
 
-Parents that read ``.weight`` directly. Some modules never call their linear child: PyTorch's
-``nn.MultiheadAttention`` hands ``out_proj.weight`` and ``out_proj.bias`` straight to
-``F.multi_head_attention_forward``, and ``nn.TransformerEncoderLayer``'s fast path (eval mode, no
-grad) does the same with ``linear1``/``linear2``. A wrapper whose ``forward`` is never called
-would be a LoRA that silently does nothing. So ``LoRALinear.weight`` is a property returning the
-*adapted* weight ``W0 + scaling · B·A`` (and ``.bias`` the base bias): a parent that reads the
-weight gets the same function as one that calls ``forward``. Only this property forms B·A; the
-forward pass never does (that is the point of LoRA: two thin matmuls instead of a d × k one).
+Parents that read ``.weight`` directly. ``nn.MultiheadAttention`` hands ``out_proj.weight`` and
+``out_proj.bias`` straight to ``F.multi_head_attention_forward``, and
+``nn.TransformerEncoderLayer``'s fast path (eval mode, no grad) does the same with
+``linear1``/``linear2``: a wrapper whose ``forward`` is never called would be a LoRA that silently
+does nothing. So ``LoRALinear.weight`` is the *adapted* weight ``W0 + scaling · B·A`` (``.bias``
+the base bias). Only this property forms B·A; the forward pass never does (two thin matmuls
+instead of a d × k one). Dropout cannot act on that path, so it is refused there.
+
+What is never silent: a merge into a weight shared with another module (a tied head) is refused
+unless ``untie=True``; a ΔW with NaN or inf is never merged; the merged flag is saved in the
+state dict, so reloading a merged layer does not add ΔW twice; on half-precision bases A and B
+are float32 (outputs are cast back); r > min(d, k) warns. Every refusal leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -49,7 +57,7 @@ INITS = ("gaussian", "kaiming", "peft_gaussian")
 
 
 # ----------------------------------------------------------------------------------------------
-# Checking hyper-parameters (shared by LoRALinear and add_lora, so both fail the same way)
+# Checking hyper-parameters, recognising a base
 # ----------------------------------------------------------------------------------------------
 def check_hyperparameters(r, alpha, dropout=0.0, init="gaussian", use_rslora=False):
     """Return (r, alpha) as int and float; ValueError naming the problem if anything is invalid.
@@ -58,19 +66,19 @@ def check_hyperparameters(r, alpha, dropout=0.0, init="gaussian", use_rslora=Fal
     """
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
         raise ValueError(f"r must be an integer >= 1 (the rank of ΔW = B·A), got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-    if not (math.isfinite(alpha) and alpha > 0):
+    if not (_real(alpha) and math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a positive number (scaling = alpha / r), got {alpha!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+    if not (_real(dropout) and 0.0 <= dropout < 1.0):
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1) (1 would drop every input), got {dropout!r}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if not isinstance(use_rslora, bool):
         raise ValueError(f"use_rslora must be True or False, got {use_rslora!r}")
     return int(r), float(alpha)
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def compute_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:
@@ -105,12 +113,27 @@ def is_linear_like(module: nn.Module) -> bool:
     return base_features(module) is not None
 
 
-def _is_packed(base: nn.Module) -> bool:
+def is_packed(base: nn.Module) -> bool:
+    """A base that stores its weight packed (4-bit) and offers ``dequantize()``."""
     return callable(getattr(base, "dequantize", None))
 
 
-def _is_transposed(base: nn.Module) -> bool:
-    return not _is_packed(base) and getattr(base, "in_features", None) is None
+def is_transposed(base: nn.Module) -> bool:
+    """A base storing its weight as (in, out), like transformers' Conv1D."""
+    return not is_packed(base) and getattr(base, "in_features", None) is None
+
+
+def dense_weight(base: nn.Module) -> torch.Tensor:
+    """The (out, in) weight of a base: a view of its Parameter, or the dequantized copy."""
+    if is_packed(base):
+        return base.dequantize()
+    return base.weight.T if is_transposed(base) else base.weight
+
+
+def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contains NaN or inf; refusing to use it (the model is unchanged)")
+    return t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,59 +142,54 @@ def _is_transposed(base: nn.Module) -> bool:
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update: y = base(x) + s · x·Aᵀ·Bᵀ.
 
-    ``init="gaussian"`` (the default) draws A ~ N(0, 1/k) with k = in_features: the paper's
-    "random Gaussian", scaled like the layer's input so each entry of x·Aᵀ is of the size of one
-    input feature whatever r is (chapter 02's rank-invariance argument; the NumPy layer uses the
-    same law). ``init="kaiming"`` is PEFT's default, Kaiming-uniform with a = √5 (the init of
-    ``nn.Linear``'s weight, A ~ U(-1/√k, 1/√k)). ``init="peft_gaussian"`` is PEFT's
-    ``init_lora_weights="gaussian"``, A ~ N(0, 1/r²): a different law, whose first Adam step
-    shrinks as r grows. B is zero in every case, so ΔW = 0 at the start.
-    A and B are created with the base weight's dtype/device and drawn from PyTorch's global
-    generator (seed it for reproducible adapters).
+    ``init="gaussian"`` (the default) draws A ~ N(0, 1/k), k = in_features: the paper's "random
+    Gaussian", scaled like the layer's input whatever r is (chapter 02: the first Adam step then
+    changes the loss equally at every rank; the NumPy layer uses the same law). ``"kaiming"`` is
+    PEFT's default, Kaiming-uniform with a = √5, A ~ U(-1/√k, 1/√k). ``"peft_gaussian"`` is PEFT's
+    ``init_lora_weights="gaussian"``, A ~ N(0, 1/r²). B is zero in every case, so ΔW = 0 at first.
+    A and B live on the base's device, in float32 on a half-precision base (float64 stays float64),
+    and are drawn from PyTorch's global generator (seed it for reproducible adapters).
     """
 
-    def __init__(
-        self,
-        base: nn.Module,
-        r: int,
-        alpha: float,
-        dropout: float = 0.0,
-        init: str = "gaussian",
-        use_rslora: bool = False,
-    ):
+    def __init__(self, base, r, alpha, dropout=0.0, init="gaussian", use_rslora=False):
         r, alpha = check_hyperparameters(r, alpha, dropout, init, use_rslora)
         if isinstance(base, LoRALinear):
             raise ValueError("this layer already has LoRA; wrapping it twice would stack adapters")
         if not is_linear_like(base):
             raise ValueError(
-                f"LoRALinear wraps linear layers (in_features/out_features and a 2-D float "
-                f"weight, or a dequantize() method), got {type(base).__name__}"
+                "LoRALinear wraps linear layers (in_features/out_features and a 2-D float weight, "
+                f"or a dequantize() method), got {type(base).__name__}"
             )
         super().__init__()
-        self.base = base
-        self.base.requires_grad_(False)  # the pretrained weights stay frozen
-        self.in_features, self.out_features = base_features(base)
+        self.base = base.requires_grad_(False)  # the pretrained weights stay frozen
+        (k, d), dtype, device = base_features(base), *_adapter_dtype_and_device(base)
+        self.in_features, self.out_features = k, d
         self.r, self.alpha, self.init, self.use_rslora = r, alpha, init, use_rslora
-        self.dropout_p = float(dropout)
-        self.scaling = compute_scaling(r, alpha, use_rslora)
+        self.dropout_p, self.scaling = float(dropout), compute_scaling(r, alpha, use_rslora)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        dtype, device = _float_dtype_and_device(base)
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=dtype, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=dtype, device=device))
+        self.lora_A = nn.Parameter(torch.empty(r, k, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(d, r, dtype=dtype, device=device))
         self.reset_lora_parameters()
-        self.merged = False  # True while ΔW sits inside the base weight
-        self.disabled = False  # True inside disable_lora(): behave like the base
+        self.merged = self.disabled = False  # ΔW inside the base weight / behave like the base
+        self.shared_with: tuple[str, ...] = ()  # other users of base.weight (set by add_lora)
         self.train(base.training)  # a wrapper added to a model in eval mode stays in eval mode
+        if r > min(d, k):
+            warnings.warn(
+                f"r={r} > min(d, k)={min(d, k)} for a {d}×{k} layer: ΔW = B·A has rank at most "
+                f"{min(d, k)}, and the adapter's r·(d+k) = {r * (d + k):,} numbers exceed the "
+                f"matrix's d·k = {d * k:,} (LoRA saves only for r < d·k/(d+k) = "
+                f"{d * k / (d + k):.1f})",
+                stacklevel=2,
+            )
 
     def reset_lora_parameters(self) -> None:
         """Draw A afresh and zero B, so the layer computes exactly what ``base`` computes."""
         with torch.no_grad():
-            if self.init == "gaussian":
-                nn.init.normal_(self.lora_A, mean=0.0, std=1.0 / math.sqrt(self.in_features))
-            elif self.init == "peft_gaussian":
-                nn.init.normal_(self.lora_A, mean=0.0, std=1.0 / self.r)
-            else:
+            if self.init == "kaiming":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            else:
+                k_or_r2 = self.in_features if self.init == "gaussian" else self.r**2
+                nn.init.normal_(self.lora_A, mean=0.0, std=1.0 / math.sqrt(k_or_r2))
             self.lora_B.zero_()
 
     def delta_weight(self) -> torch.Tensor:
@@ -186,33 +204,41 @@ class LoRALinear(nn.Module):
         h = self.dropout(x.to(self.lora_A.dtype)) @ self.lora_A.T
         return y + (h @ self.lora_B.T * self.scaling).to(y.dtype)
 
-    # What a parent reading the weight directly sees (see the module docstring).
     @property
     def weight(self) -> torch.Tensor:
-        """The adapted weight, in the base's own layout ((in, out) for a Conv1D base)."""
-        w0 = self.base.dequantize() if _is_packed(self.base) else self.base.weight
-        if self.merged or self.disabled:
-            return w0
-        delta = self.delta_weight().to(w0.dtype)
-        return w0 + (delta.T if _is_transposed(self.base) else delta)
+        """The adapted weight W0 + ΔW, in the base's own layout ((in, out) for a Conv1D base)."""
+        w = dense_weight(self.base)
+        if not (self.merged or self.disabled):
+            w = w + self.delta_weight().to(w.dtype)
+        return w.T if is_transposed(self.base) else w
 
     @property
     def bias(self) -> torch.Tensor | None:
         return getattr(self.base, "bias", None)
 
     def merge(self) -> None:
-        """Add ΔW into the base weight; the forward pass then costs what the base costs."""
+        """Add ΔW into the base weight in place; the forward then costs what the base costs."""
         if self.merged:
             raise ValueError("this LoRA layer is already merged; merging twice would add ΔW twice")
-        _add_to_base_weight(self.base, self.delta_weight().detach())
+        _check_mergeable(self)
+        with torch.no_grad():
+            dense_weight(self.base).add_(_finite(self.delta_weight(), "ΔW = s·B·A"))
         self.merged = True
 
     def unmerge(self) -> None:
         """Subtract ΔW from the base weight again (exact up to float rounding)."""
         if not self.merged:
             raise ValueError("this LoRA layer is not merged; there is nothing to unmerge")
-        _add_to_base_weight(self.base, -self.delta_weight().detach())
+        with torch.no_grad():
+            dense_weight(self.base).sub_(self.delta_weight())
         self.merged = False
+
+    # The merged flag travels in the state dict: a merged layer reloaded is still merged.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.merged)
+
+    def set_extra_state(self, state) -> None:
+        self.merged = bool(state)
 
     def extra_repr(self) -> str:
         rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
@@ -222,64 +248,73 @@ class LoRALinear(nn.Module):
         )
 
 
-def _float_dtype_and_device(base: nn.Module) -> tuple[torch.dtype, torch.device]:
-    """A and B live where the base weight lives, in its dtype (float32 for a quantized base)."""
-    weight = getattr(base, "weight", None)
-    if not _is_packed(base) and isinstance(weight, torch.Tensor):
-        return weight.dtype, weight.device
-    tensors = list(base.parameters()) + list(base.buffers())
+def _adapter_dtype_and_device(base: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """Float32 adapters on float16/bfloat16 bases (one AdamW step in fp16 can NaN them)."""
+    tensors = [*base.parameters(), *base.buffers()]
     device = tensors[0].device if tensors else torch.device("cpu")
-    return getattr(base, "compute_dtype", torch.float32), device
+    w = None if is_packed(base) else base.weight
+    dtype = w.dtype if w is not None else getattr(base, "compute_dtype", torch.float32)
+    return torch.promote_types(dtype, torch.float32), device
 
 
-def _add_to_base_weight(base: nn.Module, delta: torch.Tensor) -> None:
-    """W0 += ΔW in the base's own storage (a packed base re-quantizes through merge_delta)."""
-    if _is_packed(base):
-        if not callable(getattr(base, "merge_delta", None)):
-            raise ValueError(
-                f"cannot merge into a {type(base).__name__}: its weight is packed and it has no "
-                "merge_delta(delta) method"
-            )
-        base.merge_delta(delta)
-        return
-    with torch.no_grad():
-        weight = base.weight
-        weight += (delta.T if _is_transposed(base) else delta).to(weight.dtype)
+def _check_mergeable(layer: LoRALinear) -> None:
+    if is_packed(layer.base):
+        raise ValueError("a packed (4-bit) base never changes in place; use merge_lora(model)")
+    if layer.shared_with:
+        raise ValueError(
+            f"the base weight is shared with {', '.join(layer.shared_with)} (tied weights), "
+            "which merging would change too; merge_lora(model, untie=True) gives it its own copy"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Choosing layers by name
 # ----------------------------------------------------------------------------------------------
-def _lora_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Every LoRALinear in ``model`` by qualified name (the names adapters are saved under)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def _inside_lora(name: str, lora_names: list[str]) -> bool:
-    """True for the wrapped ``.base`` (and anything below) of a LoRALinear."""
-    return any(name.startswith(prefix + ".") for prefix in lora_names if prefix)
+def _outside_lora(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules by name, except the wrapped ``.base`` (and anything below) of a LoRALinear."""
+    inner = [n + "." for n in lora_layers(model) if n]
+    return {n: m for n, m in model.named_modules() if n and not n.startswith(tuple(inner))}
 
 
-def find_targets(model: nn.Module, target_modules) -> list[str]:
+def _output_head(model: nn.Module, linear: list[str]) -> str | None:
+    """The layer "all-linear" skips: transformers' output embeddings, else the last linear one."""
+    if not callable(getattr(model, "get_output_embeddings", None)):
+        return linear[-1] if linear else None
+    head = model.get_output_embeddings()
+    return next((n for n, m in model.named_modules() if m is head and head is not None), None)
+
+
+def find_targets(model: nn.Module, target_modules, exclude_modules=None) -> list[str]:
     """The qualified names of the layers ``add_lora`` would wrap; ValueError if a target is bad.
 
     Every target must match at least one module (a typo must not silently adapt nothing), and
-    every match must be a linear layer without LoRA yet. Names follow ``minilora.targets``.
+    every match must be a linear layer without LoRA yet. Names follow ``minilora.targets``;
+    ``"all-linear"`` is every linear layer except the output head.
     """
-    lora = _lora_names(model)
-    modules = {n: m for n, m in model.named_modules() if n and not _inside_lora(n, lora)}
-    linear = [n for n, m in modules.items() if is_linear_like(m) or n in lora]
-    chosen = select(modules, target_modules, shown=linear, what="module (linear layers here)")
+    modules = _outside_lora(model)
+    linear = [n for n, m in modules.items() if is_linear_like(m)]
+    if target_modules == "all-linear":
+        chosen = [n for n in linear if n != _output_head(model, linear)]
+    else:
+        shown = linear + [n for n, m in modules.items() if isinstance(m, LoRALinear)]
+        chosen = select(modules, target_modules, shown=shown, what="module (linear layers here)")
+    if exclude_modules is not None:
+        excluded = set(select(modules, exclude_modules, what="module (exclude_modules)"))
+        chosen = [n for n in chosen if n not in excluded]
+    if not chosen:
+        raise ValueError("no layer is left to adapt after exclude_modules")
     for name in chosen:
         module = modules[name]
         if isinstance(module, LoRALinear):
             raise ValueError(f"{name!r} already has LoRA; call add_lora once per layer")
         if not is_linear_like(module):
-            hint = ""
-            if isinstance(module, nn.MultiheadAttention):
-                hint = (
-                    " (nn.MultiheadAttention keeps q, k, v in one raw Parameter, "
-                    f"in_proj_weight; you can adapt its output projection {name + '.out_proj'!r})"
-                )
+            mha = isinstance(module, nn.MultiheadAttention)
+            hint = f" (q, k, v are one in_proj_weight; adapt {name}.out_proj)" if mha else ""
             hits = [show(t) for t in as_targets(target_modules) if name_matches(name, t)]
             raise ValueError(
                 f"target {', '.join(hits)} matches {name!r}, a {type(module).__name__}, not a "
@@ -288,115 +323,169 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
     return chosen
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """Every LoRALinear in ``model`` by qualified name (the names adapters are saved under)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    setattr(*_parent(model, name), module)
 
 
-def _freeze_all_but_lora(model: nn.Module) -> None:
-    adapters = {id(p) for m in lora_layers(model).values() for p in (m.lora_A, m.lora_B)}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in adapters)
+def tied_names(model: nn.Module, name: str) -> tuple[str, ...]:
+    """Other names under which the weight of layer ``name`` is registered (tied weights)."""
+    weight, own = getattr(model.get_submodule(name), "weight", None), name + "."
+    params = model.named_parameters(remove_duplicate=False)
+    return tuple(n for n, p in params if p is weight and not n.startswith(own))
 
 
 # ----------------------------------------------------------------------------------------------
 # The model-level verbs
 # ----------------------------------------------------------------------------------------------
 def add_lora(
-    model: nn.Module,
-    target_modules,
-    r: int = 8,
-    alpha: float = 16,
-    dropout: float = 0.0,
-    init: str = "gaussian",
-    use_rslora: bool = False,
-) -> nn.Module:
-    """Wrap the Linear layers named by ``target_modules`` in LoRALinear and freeze the rest.
+    model, target_modules, r=8, alpha=16.0, dropout=0.0, init="gaussian", use_rslora=False,
+    exclude_modules=None,
+) -> nn.Module:  # fmt: skip
+    """Wrap the linear layers named by ``target_modules`` in LoRALinear; freeze the rest.
 
-    ``target_modules``: a name, a compiled regex, or a list of them (see ``minilora.targets``).
-    Everything is checked before the model is touched: on a ValueError the model is unchanged.
-    Afterwards only ``lora_A``/``lora_B`` require grad (unfreeze a new head yourself). The model
-    is changed in place and returned.
+    ``target_modules``: a name, a compiled regex, a list of them (see ``minilora.targets``), or
+    ``"all-linear"``; ``exclude_modules`` names layers to leave alone. Everything is checked
+    before the model is touched: on a ValueError it is unchanged. The first call freezes every
+    parameter but A and B (unfreeze a new head yourself; a later call leaves it unfrozen). On a
+    transformers model the input embeddings are made to require grad, so reentrant gradient
+    checkpointing still reaches the adapters (as PEFT does). Changed in place and returned.
     """
-    check_hyperparameters(r, alpha, dropout, init, use_rslora)
+    settings = (r, alpha, dropout, init, use_rslora)
+    check_hyperparameters(*settings)
+    names = find_targets(model, target_modules, exclude_modules)
+    return wrap_layers(model, dict.fromkeys(names, settings))
+
+
+def wrap_layers(model: nn.Module, plan: dict[str, tuple]) -> nn.Module:
+    """Wrap each named layer with its own (r, alpha, dropout, init, use_rslora); checks first."""
     if isinstance(model, LoRALinear) or is_linear_like(model):
-        raise ValueError(
-            "add_lora adapts layers inside a model; wrap a single layer with LoRALinear"
-        )
-    names = find_targets(model, target_modules)
-    for name in names:  # all checks passed: now mutate
-        _set_submodule(
-            model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout, init, use_rslora)
-        )
-    _freeze_all_but_lora(model)
+        raise ValueError("add_lora adapts layers inside a model; use LoRALinear for one layer")
+    for name, (_, _, dropout, *_) in plan.items():
+        parent, _ = _parent(model, name)
+        if dropout > 0 and isinstance(parent, nn.MultiheadAttention):
+            raise ValueError(
+                f"{name!r}: nn.MultiheadAttention reads out_proj.weight directly, so LoRA dropout "
+                "cannot act on its input; use dropout=0 for this layer"
+            )
+    first = not lora_layers(model)
+    ties = {name: tied_names(model, name) for name in plan}
+    for name, settings in plan.items():  # all checks passed: now mutate
+        layer = LoRALinear(model.get_submodule(name), *settings)
+        layer.shared_with = ties[name]
+        replace_module(model, name, layer)
+    if first:
+        adapters = {id(p) for m in lora_layers(model).values() for p in (m.lora_A, m.lora_B)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in adapters)
+    if first and callable(getattr(model, "enable_input_require_grads", None)):
+        with contextlib.suppress(NotImplementedError):  # a model without input embeddings
+            model.enable_input_require_grads()
     return model
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and put the plain base layer back (in place).
+def _layers_or_error(model: nn.Module) -> dict[str, LoRALinear]:
+    if not (layers := lora_layers(model)):
+        raise ValueError("this model has no LoRA layers (add_lora never called, or unloaded)")
+    return layers
 
-    The result has no LoRALinear left, computes the same function, and costs no extra time.
-    The merged weights stay frozen (``requires_grad=False``), as the base weights were.
+
+def merge_lora(model: nn.Module, unload: bool = True, untie: bool = False) -> nn.Module:
+    """Fold every adapter into its base weight: same function, no extra cost (in place).
+
+    ``unload=True`` puts the plain base layers back (no LoRALinear left); ``unload=False`` keeps
+    the merged wrappers, so ``unmerge_lora``/``disable_lora`` can take ΔW out again. A packed
+    (4-bit) base is replaced by a new one storing W + ΔW re-quantized (its rounding is reported;
+    needs ``unload=True``). A weight shared with another module is refused unless ``untie=True``,
+    which gives the layer its own copy first. Checked before anything changes.
     """
-    layers = lora_layers(model)
-    if not layers:
-        raise ValueError("this model has no LoRA layers (already merged, or add_lora never called)")
+    layers = _layers_or_error(model)
     for name, layer in layers.items():
-        if not layer.merged:
-            layer.merge()
-        if name:
-            _set_submodule(model, name, layer.base)
-        else:  # the model itself is one LoRALinear
+        _finite(layer.delta_weight(), f"ΔW of layer {name!r}")
+        if is_packed(layer.base) and not (unload and hasattr(layer.base, "merged_with")):
+            raise ValueError(
+                f"{name!r} has a packed (4-bit) base: merging builds a new base with W + ΔW "
+                "re-quantized (base.merged_with), which needs unload=True (it cannot be unmerged)"
+            )
+        if not untie and layer.shared_with:
+            _check_mergeable(layer)  # raises, naming the modules that share the weight
+    for name, layer in layers.items():  # all checks passed: now mutate
+        if layer.shared_with:  # untie=True: this layer gets its own copy of the weight
+            layer.base.weight = nn.Parameter(layer.base.weight.detach().clone(), False)
+            layer.shared_with = ()
+        if is_packed(layer.base):
+            new_base = layer.base.merged_with(layer.delta_weight().detach())
+        else:
+            if not layer.merged:
+                layer.merge()
+            new_base = layer.base
+        if unload and not name:  # the model itself is one LoRALinear
+            return new_base
+        if unload:
+            replace_module(model, name, new_base)
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Take ΔW out of every merged layer again (in place; exact up to float rounding)."""
+    merged = [layer for layer in _layers_or_error(model).values() if layer.merged]
+    if not merged:
+        raise ValueError("no LoRA layer of this model is merged; there is nothing to unmerge")
+    for layer in merged:
+        layer.unmerge()
+    return model
+
+
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Remove every adapter without merging: the base layers come back as they were (in place)."""
+    for name, layer in _layers_or_error(model).items():
+        if layer.merged:
+            layer.unmerge()
+        if not name:
             return layer.base
+        replace_module(model, name, layer.base)
     return model
 
 
 @contextlib.contextmanager
 def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside ``with disable_lora(model):`` the model computes what its base computes."""
-    layers = list(lora_layers(model).values())
-    if not layers:
-        raise ValueError("this model has no LoRA layers to disable")
-    if any(layer.merged for layer in layers):
-        raise ValueError("cannot disable a merged LoRA layer; call layer.unmerge() first")
-    before = [layer.disabled for layer in layers]
+    """Inside ``with disable_lora(model):`` the model computes what its base computes.
+
+    A merged layer has ΔW taken out for the duration, and its merged weight is put back bit for
+    bit on exit (a copy is kept, so the round trip adds no rounding).
+    """
+    layers = list(_layers_or_error(model).values())
+    saved = [(m, m.disabled, m.merged and dense_weight(m.base).detach().clone()) for m in layers]
     for layer in layers:
+        if layer.merged:
+            layer.unmerge()
         layer.disabled = True
     try:
         yield model
     finally:
-        for layer, was in zip(layers, before, strict=True):
-            layer.disabled = was
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the adapter tensors (``<layer>.lora_A``, ``<layer>.lora_B``), detached copies."""
-    return {
-        k: v.detach().clone()
-        for k, v in model.state_dict().items()
-        if k.endswith((".lora_A", ".lora_B")) or k in ("lora_A", "lora_B")
-    }
+        for layer, disabled, merged_weight in saved:
+            if merged_weight is not False:  # put the merged weight back, bit for bit
+                with torch.no_grad():
+                    dense_weight(layer.base).copy_(merged_weight)
+                layer.merged = True
+            layer.disabled = disabled
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) number of parameter elements, each shared Parameter counted once.
 
-    A linear-like base that keeps its weight outside Parameters (a 4-bit base stores packed codes
-    in buffers) still holds in × out frozen weights: they are counted in the total, so a QLoRA
-    model reports the parameters of the model, not the bytes of its storage (peft#1020).
+    A packed base (a 4-bit layer stores codes in buffers) still holds in × out frozen weights:
+    they are counted in the total, so a QLoRA model reports the parameters of the model, not the
+    bytes of its storage (peft#1020).
     """
     params = list(model.parameters())
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
-    for module in model.modules():
-        if is_linear_like(module) and _is_packed(module):
-            total += module.in_features * module.out_features
-    return trainable, total
+    packed = [m for m in model.modules() if is_linear_like(m) and is_packed(m)]
+    total = sum(p.numel() for p in params) + sum(m.in_features * m.out_features for m in packed)
+    return sum(p.numel() for p in params if p.requires_grad), total
 
 
 def trainable_report(model: nn.Module) -> str:

@@ -24,8 +24,9 @@ where ours picks the nearest (the test measures it and bounds the difference).
 forward pass; ``quantize_model`` swaps a model's ``nn.Linear`` layers for it. LoRA on top of it is
 QLoRA: ``minilora.add_lora`` accepts ``Linear4bit`` as a base because it offers what a base
 needs (``in_features``, ``out_features`` and ``dequantize()``; this module registers nothing),
-and ``merge_lora`` uses ``Linear4bit.merge_delta``, which re-quantizes and records (and warns
-about) the rounding error merging introduces.
+and ``merge_lora`` replaces it by ``Linear4bit.merged_with(ΔW)``, a new layer that re-quantizes
+W + ΔW and records (and warns about) the rounding error merging introduces. The packed base
+itself never changes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minilora.lora import base_features, dense_weight, is_packed, replace_module, tied_names
 from minilora.targets import as_targets, name_matches, select
 
 # ----------------------------------------------------------------------------------------------
@@ -361,6 +363,11 @@ class Linear4bit(nn.Module):
     the backward pass (see ``_MatmulNF4``). Gradients flow to the input x (and so to a LoRA
     adapter or earlier layers), never to the codes. The bias, if any, stays in full precision
     (a frozen Parameter), as in bitsandbytes.
+
+    The packed state never changes: ``.to(dtype)``/``.half()`` move it between devices but keep
+    its dtypes (fp32 scales rounded to bf16 would be lost for good), and merging an adapter
+    builds a *new* layer (``merged_with``). ``.weight`` is a read-only dequantized copy, for the
+    parents that read it directly (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``, T5).
     """
 
     def __init__(self, q: NF4Tensor, bias: torch.Tensor | None = None):
@@ -370,25 +377,33 @@ class Linear4bit(nn.Module):
         self.out_features, self.in_features = q.shape
         self.blocksize = q.blocksize
         self.compute_dtype = q.dtype  # the dtype the weight had, and that forward computes in
-        self._store(q)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
-        self.merge_error: dict[str, float] | None = None  # set by merge_delta
-
-    def _store(self, q: NF4Tensor) -> None:
         self.register_buffer("codes", q.codes)
         self.register_buffer("absmax", q.absmax)
         self.register_buffer("absmax_scale", q.absmax_scale)  # None: not in the state_dict
         self.register_buffer("absmax_mean", q.absmax_mean)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self.merge_error: dict[str, float] | None = None  # set on a layer made by merged_with
 
     @classmethod
-    def from_linear(
-        cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = True
-    ) -> Linear4bit:
-        """Quantize an ``nn.Linear``'s weight to NF4 (the linear itself is left unchanged)."""
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
-        q = quantize_nf4(linear.weight.detach(), blocksize, double_quant)
+    def from_linear(cls, linear: nn.Module, blocksize=64, double_quant=True) -> Linear4bit:
+        """Quantize a dense linear layer's weight to NF4 (the layer itself is left unchanged).
+
+        ``nn.Linear`` and transformers' ``Conv1D`` (weight stored (in, out)) are both dense.
+        """
+        if base_features(linear) is None or is_packed(linear):
+            raise ValueError(
+                f"from_linear expects a dense linear layer, got {type(linear).__name__}"
+            )
+        q = quantize_nf4(dense_weight(linear).detach(), blocksize, double_quant)
         return cls(q, linear.bias)
+
+    def _apply(self, fn, recurse=True):
+        before = {name: b for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():  # a new device is fine, a new dtype is not
+            if self._buffers[name].dtype != old.dtype:
+                self._buffers[name] = old.to(self._buffers[name].device)
+        return self
 
     @property
     def double_quant(self) -> bool:
@@ -398,15 +413,8 @@ class Linear4bit(nn.Module):
     def quantized(self) -> NF4Tensor:
         """The stored state as an NF4Tensor (sharing the buffers, not copying them)."""
         shape = torch.Size((self.out_features, self.in_features))
-        return NF4Tensor(
-            self.codes,
-            self.absmax,
-            shape,
-            self.compute_dtype,
-            self.blocksize,
-            self.absmax_scale,
-            self.absmax_mean,
-        )
+        state = (self.codes, self.absmax, shape, self.compute_dtype, self.blocksize)
+        return NF4Tensor(*state, self.absmax_scale, self.absmax_mean)
 
     @property
     def nbytes(self) -> int:
@@ -414,43 +422,50 @@ class Linear4bit(nn.Module):
         return self.quantized.nbytes
 
     def dequantize(self) -> torch.Tensor:
-        """The (out, in) float weight this layer computes with (LoRALinear's ``.weight`` hook)."""
+        """The (out, in) float weight this layer computes with (a fresh tensor each call)."""
         return dequantize_nf4(self.quantized)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A read-only view for parents that read ``.weight``: the dequantized weight."""
+        return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _MatmulNF4.apply(x, self.quantized)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     @torch.no_grad()
-    def merge_delta(self, delta: torch.Tensor) -> dict[str, float]:
-        """Store W + delta in 4 bits again, and return (and keep) the rounding error it added.
+    def merged_with(self, delta: torch.Tensor) -> Linear4bit:
+        """A new 4-bit layer storing W + delta re-quantized; this one is left as it was.
 
         This is what merging a LoRA adapter into a 4-bit base does: dequantize, add ΔW,
         re-quantize. The merged weight is not W + ΔW but its nearest NF4 neighbour, so the
         merged model computes something slightly different from base + adapter (peft#1080,
-        #2105). ``self.merge_error`` records ``max_abs`` (largest |entry| of the error matrix),
-        ``rel_fro`` (‖error‖_F / ‖W + ΔW‖_F) and ``rel_fro_delta`` (‖error‖_F / ‖ΔW‖_F, the error
-        measured against the update itself), and a warning prints them.
+        #2105). The new layer's ``merge_error`` records ``max_abs`` (largest |entry| of the error
+        matrix), ``rel_fro`` (‖error‖_F / ‖W + ΔW‖_F) and ``rel_fro_delta`` (‖error‖_F / ‖ΔW‖_F,
+        the error measured against the update itself), and a warning prints them.
         """
         shape = (self.out_features, self.in_features)
         if tuple(delta.shape) != shape:
             raise ValueError(f"delta has shape {tuple(delta.shape)}, this layer needs {shape}")
         target = self.dequantize().float() + delta.float()
+        _check_weight(target)
         q = quantize_nf4(target.to(self.compute_dtype), self.blocksize, self.double_quant)
+        merged = Linear4bit(q, self.bias).to(self.codes.device)
         err = dequantize_nf4(q).float() - target
-        self.merge_error = {
+        merged.merge_error = {
             "max_abs": err.abs().max().item(),
             "rel_fro": (err.norm() / target.norm().clamp(min=1e-30)).item(),
             "rel_fro_delta": (err.norm() / delta.float().norm().clamp(min=1e-30)).item(),
         }
-        self._store(q)  # replaces the buffers (codes, scales) with the merged weight's
         warnings.warn(
             "merging into a 4-bit base re-quantizes W + ΔW: max |error| = "
-            f"{self.merge_error['max_abs']:.3g}, relative error = {self.merge_error['rel_fro']:.3g}"
-            f" (= {self.merge_error['rel_fro_delta']:.3g} of ‖ΔW‖)",
+            f"{merged.merge_error['max_abs']:.3g}, relative error = "
+            f"{merged.merge_error['rel_fro']:.3g} (= {merged.merge_error['rel_fro_delta']:.3g} "
+            "of ‖ΔW‖)",
             stacklevel=3,
         )
-        return self.merge_error
+        return merged
 
     def extra_repr(self) -> str:
         dq = ", double_quant" if self.double_quant else ""
@@ -461,39 +476,44 @@ class Linear4bit(nn.Module):
 
 
 def quantize_model(
-    model: nn.Module,
-    target_modules=None,
-    skip_modules=(),
-    blocksize: int = 64,
-    double_quant: bool = True,
+    model, target_modules=None, skip_modules=(), blocksize=64, double_quant=True, untie=False
 ) -> nn.Module:
-    """Swap ``nn.Linear`` layers of ``model`` for frozen ``Linear4bit`` ones (in place).
+    """Swap a model's dense linear layers (``nn.Linear``, ``Conv1D``) for frozen ``Linear4bit``.
 
-    ``target_modules``: None for every Linear, or names (matched as in ``add_lora``: the full
-    name or a dot-separated suffix, or a compiled regex) that must each match a Linear layer.
-    ``skip_modules``: names never quantized (e.g. a classifier head you will train). Everything is
-    checked before the model changes: on ValueError it is untouched. Returns the model.
+    ``target_modules``: None for every such layer, or names (matched as in ``add_lora``, see
+    ``minilora.targets``) that must each match one. ``skip_modules``: names never quantized
+    (e.g. a classifier head you will train). A layer whose weight is shared with another module
+    (a tied output head) stays tied and in full precision: skipped when ``target_modules`` is
+    None, refused when named, unless ``untie=True``. Everything is checked before the model
+    changes: on ValueError it is untouched. Returns the model (changed in place).
     """
     _check_blocksize(blocksize)
-    if isinstance(model, nn.Linear):
+    if base_features(model) is not None:
         raise ValueError("quantize_model works on a model; use Linear4bit.from_linear for a layer")
     names = [n for n, _ in model.named_modules() if n]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    dense = [n for n, m in model.named_modules() if base_features(m) and not is_packed(m)]
     skips = as_targets(skip_modules, "skip_modules") if skip_modules else []
     if skips:
         select(names, skips, what="module (skip_modules)")  # each entry must name something
-    if target_modules is None:
-        chosen = linears
-    else:
-        chosen = select(linears, target_modules, what="nn.Linear layer")
+    chosen = (
+        dense
+        if target_modules is None
+        else select(dense, target_modules, what="dense linear layer")
+    )
     chosen = [n for n in chosen if not any(name_matches(n, s) for s in skips)]
+    tied = {n: shared for n in chosen if (shared := tied_names(model, n))}
+    if tied and target_modules is not None and not untie:
+        name, shared = next(iter(tied.items()))
+        raise ValueError(
+            f"{name!r} shares its weight with {', '.join(shared)} (tied weights): quantizing it "
+            "would untie them. Pass untie=True to quantize it anyway"
+        )
+    chosen = [n for n in chosen if untie or n not in tied]
     for name in chosen:
-        _check_weight(model.get_submodule(name).weight)  # fail on NaN before anything is swapped
+        _check_weight(dense_weight(model.get_submodule(name)))  # NaN: fail before any swap
     for name in chosen:  # all checks passed: now mutate
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(
-            parent, child, Linear4bit.from_linear(getattr(parent, child), blocksize, double_quant)
+        replace_module(
+            model, name, Linear4bit.from_linear(model.get_submodule(name), blocksize, double_quant)
         )
     return model
 

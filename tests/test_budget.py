@@ -293,3 +293,16 @@ def test_table_shows_every_part():
     for word in ("full", "lora", "qlora", "optimizer state", "LoRA adapters", "activations"):
         assert word in table
     assert str(estimate_memory("full", 70_000_000_000)).count("560 GB") == 1
+
+
+def test_describe_reads_gpt2_conv1d_like_add_lora():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=40,
+                                     n_positions=8, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    gpt = transformers.GPT2LMHeadModel(config)
+    shape = describe(gpt)
+    targets = ["c_attn", "c_proj", "c_fc"]
+    expected = count_lora_parameters(shape, targets, 4)
+    assert shape.total == sum(p.numel() for p in gpt.parameters())
+    assert count_parameters(add_lora(gpt, targets, r=4)) == expected

@@ -89,10 +89,10 @@ def test_init_statistics():
     """The default Gaussian is A ~ N(0, 1/k), k = in_features, whatever r (chapter 02's law)."""
     torch.manual_seed(0)
     for r in (1, 4, 16):
-        gaussian = LoRALinear(nn.Linear(4096, 2), r=r, alpha=4).lora_A
+        gaussian = LoRALinear(nn.Linear(4096, 16), r=r, alpha=4).lora_A
         # σ = 1/√4096 = 1/64; the std of 4096·r samples is within 3% (> 5 standard errors)
         assert gaussian.std().item() == pytest.approx(1 / 64, rel=0.03)
-        peft_law = LoRALinear(nn.Linear(4096, 2), r=r, alpha=4, init="peft_gaussian").lora_A
+        peft_law = LoRALinear(nn.Linear(4096, 16), r=r, alpha=4, init="peft_gaussian").lora_A
         assert peft_law.std().item() == pytest.approx(1 / r, rel=0.03)  # PEFT's "gaussian"
     kaiming = LoRALinear(nn.Linear(4096, 2), r=4, alpha=4, init="kaiming").lora_A
     bound = 1 / math.sqrt(4096)  # kaiming_uniform(a=√5) with fan_in = 4096
@@ -264,9 +264,9 @@ def test_a_base_is_recognised_by_what_it_offers():
         def dequantize(self):
             return self.stored
 
-    class Frozen(NoMerge):
-        def merge_delta(self, delta):
-            self.stored += delta
+    class Frozen(NoMerge):  # a packed base that can make a new base holding W + ΔW
+        def merged_with(self, delta):
+            return Frozen(self.stored + delta)
 
     class NoWeight(nn.Module):  # in/out features alone are not enough
         in_features, out_features = 6, 4
@@ -276,18 +276,24 @@ def test_a_base_is_recognised_by_what_it_offers():
         LoRALinear(NoWeight(), r=2, alpha=2)
     with pytest.raises(ValueError, match="wraps linear layers"):
         LoRALinear(nn.Embedding(6, 4), r=2, alpha=2)  # a 2-D weight, but no in/out features
-    layer = LoRALinear(Frozen(weight), r=2, alpha=2)
+    model = nn.Sequential(Frozen(weight))
+    packed = model[0]
+    minilora.add_lora(model, "0", r=2, alpha=2)
     # Its weight lives in a buffer, yet it holds 4 × 6 frozen weights: they count.
-    assert minilora.count_parameters(layer) == (2 * (6 + 4), 2 * (6 + 4) + 4 * 6)
+    assert minilora.count_parameters(model) == (2 * (6 + 4), 2 * (6 + 4) + 4 * 6)
     with torch.no_grad():
-        layer.lora_B.normal_()
-    y = layer(X)
-    torch.testing.assert_close(layer.weight, weight + layer.delta_weight())
-    layer.merge()
-    torch.testing.assert_close(layer(X), y, rtol=0, atol=1e-5)
-    plain = LoRALinear(NoMerge(weight), r=2, alpha=2)
-    with pytest.raises(ValueError, match="no merge_delta"):
-        plain.merge()
+        model[0].lora_B.normal_()
+    y = model(X)
+    torch.testing.assert_close(model[0].weight, weight + model[0].delta_weight())
+    with pytest.raises(ValueError, match="never changes in place"):
+        model[0].merge()  # a packed base is never changed in place
+    minilora.merge_lora(model)
+    assert isinstance(model[0], Frozen) and model[0] is not packed
+    assert torch.equal(packed.stored, weight)  # the old base is untouched
+    torch.testing.assert_close(model(X), y, rtol=0, atol=1e-5)
+    plain = minilora.add_lora(nn.Sequential(NoMerge(weight)), "0", r=2, alpha=2)
+    with pytest.raises(ValueError, match="merged_with"):
+        minilora.merge_lora(plain)
 
 
 # --- merge_lora, disable_lora, state dicts, counts ----------------------------------------------
@@ -322,9 +328,14 @@ def test_disable_lora_runs_the_base_and_restores():
     with pytest.raises(RuntimeError), minilora.disable_lora(model):
         raise RuntimeError("boom")
     assert torch.equal(model(X), y)  # restored after an exception too
+    # A merged layer: ΔW is taken out inside, and the merged weight comes back bit for bit.
     model.fc1.merge()
-    with pytest.raises(ValueError, match="merged"), minilora.disable_lora(model):
-        pass
+    merged_weight = model.fc1.base.weight.detach().clone()
+    with minilora.disable_lora(model):
+        torch.testing.assert_close(model(X), y0, rtol=0, atol=1e-6)
+        assert not model.fc1.merged
+    assert model.fc1.merged and torch.equal(model.fc1.base.weight, merged_weight)
+    torch.testing.assert_close(model(X), y, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="no LoRA layers"), minilora.disable_lora(make_mlp()):
         pass
 
@@ -488,7 +499,7 @@ def test_load_refuses_another_r_alpha_layers_or_shapes(trained, tmp_path):
     _expect_refusal(minilora.add_lora(make_mlp(), ["fc1", "fc2"], r=2, alpha=8), path, "r, alpha")
     _expect_refusal(minilora.add_lora(make_mlp(), ["fc1"], r=2, alpha=4), path, "adapts")
     _expect_refusal(make_mlp(d_hidden=12), path, "has shape")  # other sizes, no LoRA yet
-    _expect_refusal(nn.Sequential(nn.Linear(6, 10)), path, "not a Linear layer of this model")
+    _expect_refusal(nn.Sequential(nn.Linear(6, 10)), path, "not a linear layer of this model")
     merged = minilora.add_lora(make_mlp(), ["fc1", "fc2"], r=2, alpha=4)
     merged.fc1.merge()
     _expect_refusal(merged, path, "merged")
@@ -520,26 +531,23 @@ def test_load_refuses_corrupt_truncated_or_foreign_files(trained, tmp_path):
     _expect_refusal(make_mlp(), foreign, "not a minilora adapter")
     broken = _rewrite(tmp_path / "broken.safetensors", tensors, {**meta, "config": "{"})
     _expect_refusal(make_mlp(), broken, "broken adapter config")
-    bad_r = json.loads(meta["config"]) | {"r": 0}
+    bad_r = json.loads(meta["config"])
+    bad_r["layers"]["fc1"]["r"] = 0
     bad_r_file = _rewrite(
         tmp_path / "r0.safetensors", tensors, {**meta, "config": json.dumps(bad_r)}
     )
     _expect_refusal(make_mlp(), bad_r_file, "broken adapter config")
     missing = {k: v for k, v in tensors.items() if k != "fc2.lora_B"}
-    meta_missing = {**meta, "sha256": adapters._checksum(missing)}  # a consistent, incomplete file
+    meta_missing = {**meta, "sha256": adapters._checksum(missing, meta["config"])}  # consistent
     missing_file = _rewrite(tmp_path / "missing.safetensors", missing, meta_missing)
     _expect_refusal(make_mlp(), missing_file, r"missing \['fc2.lora_B'\]")
     with pytest.raises(FileNotFoundError):
         minilora.load_adapter(make_mlp(), tmp_path / "nowhere.safetensors")
 
 
-def test_save_refuses_models_without_or_with_mixed_adapters(tmp_path):
+def test_save_refuses_a_model_without_adapters(tmp_path):
     with pytest.raises(ValueError, match="no LoRA layers"):
         minilora.save_adapter(make_mlp(), tmp_path / "a.safetensors")
-    model = minilora.add_lora(make_mlp(), "fc1", r=2, alpha=4)
-    minilora.add_lora(model, "fc2", r=4, alpha=4)
-    with pytest.raises(ValueError, match="different r"):
-        minilora.save_adapter(model, tmp_path / "a.safetensors")
     assert not (tmp_path / "a.safetensors").exists()
 
 

@@ -85,13 +85,59 @@ def test_merge_into_4bit_base_reports_rounding_error():
     assert 0 < (y_merged - y_adapter).abs().max() < 0.2 * y_adapter.abs().max()
 
 
-def test_merge_delta_equals_quantizing_the_sum():
+def test_merged_with_equals_quantizing_the_sum_and_leaves_the_layer_alone():
     torch.manual_seed(0)
     layer = Linear4bit.from_linear(nn.Linear(64, 64))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
     delta = 0.01 * torch.randn(64, 64)
     target = layer.dequantize() + delta
     with pytest.warns(UserWarning):
-        layer.merge_delta(delta)
-    assert torch.equal(layer.dequantize(), dequantize_nf4(quantize_nf4(target)))
+        merged = layer.merged_with(delta)
+    assert torch.equal(merged.dequantize(), dequantize_nf4(quantize_nf4(target)))
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
     with pytest.raises(ValueError, match="shape"):
-        layer.merge_delta(torch.zeros(3, 3))
+        layer.merged_with(torch.zeros(3, 3))
+
+
+def test_the_packed_base_never_changes_merge_makes_a_new_one():
+    """merge()/unmerge() in place on 4 bits used to move the weights by up to 0.048."""
+    model = make_qlora_model(seed=3)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "lora_B"):
+                m.lora_B.normal_(0, 0.05)
+    old_base = model[2].base
+    before = {k: v.clone() for k, v in old_base.state_dict().items()}
+    with pytest.raises(ValueError, match="never changes in place"):
+        model[2].merge()
+    with pytest.raises(ValueError, match="unload=True"):
+        merge_lora(model, unload=False)
+    with pytest.warns(UserWarning, match="re-quantizes"):
+        merge_lora(model)
+    assert isinstance(model[2], Linear4bit) and model[2] is not old_base
+    assert all(torch.equal(v, before[k]) for k, v in old_base.state_dict().items())
+
+
+def test_to_dtype_leaves_the_4bit_state_alone():
+    for double_quant in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32))
+        quantize_model(model, double_quant=double_quant)
+        state = {k: v.clone() for k, v in model[0].state_dict().items() if k != "bias"}
+        w = model[0].dequantize()
+        model.to(torch.bfloat16)
+        after = {k: v for k, v in model[0].state_dict().items() if k != "bias"}
+        assert all(torch.equal(after[k], state[k]) and after[k].dtype == state[k].dtype
+                   for k in state)  # fmt: skip
+        assert torch.equal(model[0].dequantize(), w)  # not rounded through bf16 scales
+        assert model[0].bias.dtype == torch.bfloat16  # the full-precision bias follows .to
+        y = model(torch.randn(3, 64, dtype=torch.bfloat16))
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+def test_linear4bit_weight_is_a_read_only_dequantized_view():
+    layer = Linear4bit.from_linear(nn.Linear(16, 8))
+    assert torch.equal(layer.weight, layer.dequantize()) and layer.weight.shape == (8, 16)
+    with pytest.raises(AttributeError):
+        layer.weight = torch.zeros(8, 16)
+    assert "weight" not in layer.state_dict()  # nothing but the packed state is stored
