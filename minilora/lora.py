@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -130,6 +131,14 @@ def dense_weight(base: nn.Module) -> torch.Tensor:
     return base.weight.T if is_transposed(base) else base.weight
 
 
+def _caller_outside_minilora() -> int:
+    """The stacklevel of the first frame outside this package: warnings point at user code."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("minilora."):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise ValueError(f"{what} contains NaN or inf; refusing to use it (the model is unchanged)")
@@ -175,11 +184,10 @@ class LoRALinear(nn.Module):
         self.train(base.training)  # a wrapper added to a model in eval mode stays in eval mode
         if r > min(d, k):
             warnings.warn(
-                f"r={r} > min(d, k)={min(d, k)} for a {d}×{k} layer: ΔW = B·A has rank at most "
-                f"{min(d, k)}, and the adapter's r·(d+k) = {r * (d + k):,} numbers exceed the "
-                f"matrix's d·k = {d * k:,} (LoRA saves only for r < d·k/(d+k) = "
-                f"{d * k / (d + k):.1f})",
-                stacklevel=2,
+                f"r={r} > min(d, k)={min(d, k)} for a {d}×{k} layer: ΔW = B·A has rank ≤ "
+                f"{min(d, k)}, and the adapter ({r * (d + k):,} numbers) is bigger than the matrix "
+                f"({d * k:,}); LoRA saves only for r < d·k/(d+k) = {d * k / (d + k):.1f}",
+                stacklevel=_caller_outside_minilora(),
             )
 
     def reset_lora_parameters(self) -> None:
@@ -252,8 +260,7 @@ def _adapter_dtype_and_device(base: nn.Module) -> tuple[torch.dtype, torch.devic
     """Float32 adapters on float16/bfloat16 bases (one AdamW step in fp16 can NaN them)."""
     tensors = [*base.parameters(), *base.buffers()]
     device = tensors[0].device if tensors else torch.device("cpu")
-    w = None if is_packed(base) else base.weight
-    dtype = w.dtype if w is not None else getattr(base, "compute_dtype", torch.float32)
+    dtype = getattr(base, "compute_dtype", torch.float32) if is_packed(base) else base.weight.dtype
     return torch.promote_types(dtype, torch.float32), device
 
 
@@ -301,8 +308,7 @@ def find_targets(model: nn.Module, target_modules, exclude_modules=None) -> list
     if target_modules == "all-linear":
         chosen = [n for n in linear if n != _output_head(model, linear)]
     else:
-        shown = linear + [n for n, m in modules.items() if isinstance(m, LoRALinear)]
-        chosen = select(modules, target_modules, shown=shown, what="module (linear layers here)")
+        chosen = select(modules, target_modules, shown=linear, what="module (linear layers here)")
     if exclude_modules is not None:
         excluded = set(select(modules, exclude_modules, what="module (exclude_modules)"))
         chosen = [n for n in chosen if n not in excluded]
@@ -366,8 +372,7 @@ def wrap_layers(model: nn.Module, plan: dict[str, tuple]) -> nn.Module:
     if isinstance(model, LoRALinear) or is_linear_like(model):
         raise ValueError("add_lora adapts layers inside a model; use LoRALinear for one layer")
     for name, (_, _, dropout, *_) in plan.items():
-        parent, _ = _parent(model, name)
-        if dropout > 0 and isinstance(parent, nn.MultiheadAttention):
+        if dropout > 0 and isinstance(_parent(model, name)[0], nn.MultiheadAttention):
             raise ValueError(
                 f"{name!r}: nn.MultiheadAttention reads out_proj.weight directly, so LoRA dropout "
                 "cannot act on its input; use dropout=0 for this layer"
