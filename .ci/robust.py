@@ -13,10 +13,11 @@ three more times:
   under ``test-output/robust/``; outputs are not compared (they may depend on the seed), asserts
   must hold.
 
-Two notebooks run at a time (the machine has two cores; every chapter uses one thread). The
-report (printed and written to ``test-output/robust/report.md``) is a table chapter ×
-perturbation → pass/fail and seconds, then every claim a chapter made with
-``minilora.lab.race.claim``: its value on each run and the smallest margin it left.
+One pytest session per perturbation runs two notebooks at a time (the machine has two cores;
+every chapter uses one thread). The report (printed, and written to
+``test-output/robust/report.md``) is a table chapter × perturbation → pass/fail and seconds, then
+every claim a chapter made with ``minilora.lab.race.claim``: its value on each run and the
+smallest margin it left.
 
     python .ci/robust.py                  # everything (what CI runs after make test)
     python .ci/robust.py --only 07 09     # some chapters
@@ -31,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,19 +76,57 @@ def seeded_copy(notebook: Path, seed: int) -> Path:
     return path
 
 
-def run(job: tuple[str, str, Path], log_dir: Path) -> dict:
-    """Run one notebook under one perturbation; return its outcome and seconds."""
-    chapter, pert, path = job
+def run(pert: str, paths: list[Path], workers: int) -> list[dict]:
+    """One pytest session over ``paths`` under one perturbation; per-chapter outcome and seconds.
+
+    pytest-xdist runs ``workers`` notebooks at a time (``--dist loadscope`` keeps a notebook's
+    cells on one worker); the junit report gives every cell's outcome and time.
+    """
     env = dict(os.environ, **PERTURBATIONS[pert])
     env["MINILORA_CLAIMS"] = str(OUT / f"claims-{pert}.jsonl")
-    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", str(path), "-q", "-p", "no:cacheprovider"]
+    env["MINILORA_ROBUST"] = pert  # conftest.py: don't record these times as the chapters' own
+    junit = OUT / f"junit-{pert}.xml"
+    log = OUT / f"{pert}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval-lax",
+        *map(str, paths),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "-o",
+        "junit_family=xunit1",
+    ]
+    if workers > 1:
+        cmd += ["-n", str(workers), "--dist", "loadscope"]  # fmt: skip
+    print(f"  {pert}: {' '.join(f'{k}={v}' for k, v in PERTURBATIONS[pert].items()) or 'SEED'}"
+          f" ... ", end="", flush=True)  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    log = log_dir / f"{chapter}-{pert}.log"
+    print(f"{time.perf_counter() - start:.0f} s, exit {proc.returncode}", flush=True)
     log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
-    return {"chapter": chapter, "pert": pert, "ok": proc.returncode == 0, "seconds": seconds,
-            "log": log}  # fmt: skip
+    per_chapter: dict[str, dict] = {
+        p.stem: {"ok": False, "seconds": 0.0, "cells": 0} for p in paths
+    }
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            chapter = Path(case.get("file", "")).stem
+            if chapter not in per_chapter:
+                continue
+            entry = per_chapter[chapter]
+            entry["seconds"] += float(case.get("time", 0))
+            entry["cells"] += 1
+            failed = any(child.tag in ("failure", "error") for child in case)
+            entry.setdefault("failed", []).append(case.get("name")) if failed else None
+    results = []
+    for chapter, entry in per_chapter.items():
+        ok = entry["cells"] > 0 and not entry.get("failed")
+        results.append({"chapter": chapter, "pert": pert, "ok": ok, "seconds": entry["seconds"],
+                        "failed": entry.get("failed", []), "log": log})  # fmt: skip
+    return results
 
 
 def load_claims(path: Path) -> list[dict]:
@@ -149,37 +188,24 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for p in args.perturbations:
         (OUT / f"claims-{p}.jsonl").unlink(missing_ok=True)
-    log_dir = OUT / "logs"
-    log_dir.mkdir(exist_ok=True)
-    jobs = []
-    for nb in notebooks:
-        for pert in args.perturbations:
-            path = seeded_copy(nb, args.seed) if pert == "seed" else nb
-            jobs.append((nb.stem, pert, path))
-    # longest chapters first (last known times), so the two workers finish together
-    known = ROOT / "test-output" / "notebook_seconds.json"
-    seconds = json.loads(known.read_text()) if known.exists() else {}
-    jobs.sort(key=lambda j: -seconds.get(f"notebooks/{j[0]}.ipynb", 0.0))
     start = time.perf_counter()
-    print(f"make robust: {len(jobs)} runs ({len(notebooks)} chapters × {args.perturbations}), "
-          f"{args.workers} at a time, seed run with SEED={args.seed}", flush=True)  # fmt: skip
+    print(f"make robust: {len(notebooks)} chapters × {args.perturbations}, {args.workers} "
+          f"notebooks at a time, seed run with SEED={args.seed}", flush=True)  # fmt: skip
     results = []
-    with ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run, job, log_dir) for job in jobs]
-        for future in as_completed(futures):
-            r = future.result()
-            results.append(r)
-            print(f"  {r['chapter']:<32} {r['pert']:<5} {'pass' if r['ok'] else 'FAIL'} "
-                  f"{r['seconds']:6.1f} s", flush=True)  # fmt: skip
+    for pert in args.perturbations:
+        paths = [seeded_copy(nb, args.seed) for nb in notebooks] if pert == "seed" else notebooks
+        results += run(pert, paths, args.workers)
     text = report(results, args.perturbations)
     text += f"\nWall time: {time.perf_counter() - start:.0f} s with {args.workers} workers.\n"
     (OUT / "report.md").write_text(text, encoding="utf-8")
     print("\n" + text)
     failed = [r for r in results if not r["ok"]]
     for r in failed:
-        tail = r["log"].read_text(encoding="utf-8").splitlines()[-60:]
-        print(f"\n===== {r['chapter']} under {r['pert']} failed; end of {r['log']}:")
-        print("\n".join(tail))
+        print(f"FAILED: {r['chapter']} under {r['pert']}: {', '.join(r['failed']) or 'no cell ran'}"
+              f" (pytest output in {r['log'].relative_to(ROOT)})")  # fmt: skip
+    for log in sorted({r["log"] for r in failed}):
+        tail = log.read_text(encoding="utf-8").splitlines()[-80:]
+        print(f"\n===== end of {log.relative_to(ROOT)}:\n" + "\n".join(tail))
     return 1 if failed else 0
 
 
