@@ -24,7 +24,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[course,dev]'
 	@touch $(STAMP)
 
 lab: $(STAMP)
@@ -43,8 +43,8 @@ robust: $(STAMP)
 	$(PY) .ci/robust.py $(ROBUST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check minilora tests notebooks benchmarks instructor conftest.py .ci/robust.py
-	$(VENV)/bin/ruff format --check minilora tests benchmarks instructor conftest.py .ci/robust.py
+	$(VENV)/bin/ruff check minilora tests notebooks benchmarks instructor data conftest.py .ci/robust.py
+	$(VENV)/bin/ruff format --check minilora tests benchmarks instructor data conftest.py .ci/robust.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -1,6 +1,6 @@
 """Memory of one training step: full fine-tuning vs LoRA vs QLoRA, on two real bases.
 
-Bases: the course's tiny character GPT (``minilora.pretrain.load_pretrained("char_gpt")``) and
+Bases: the course's tiny character GPT (``minilora.lab.pretrain.load_pretrained("char_gpt")``) and
 all-MiniLM-L6-v2 (a 22.7 M-parameter BERT, loaded offline with ``transformers.AutoModel``).
 Methods: full fine-tuning (every parameter trains), LoRA (r = 8 on every linear layer of the
 blocks, the rest frozen), QLoRA (those linear layers stored in NF4 with double quantization by
@@ -59,7 +59,7 @@ def load_base(base: str):
     import torch
 
     if base == "char_gpt":
-        from minilora.pretrain import load_pretrained
+        from minilora.lab.pretrain import load_pretrained
 
         model = load_pretrained("char_gpt")
     elif base == "all-MiniLM-L6-v2":

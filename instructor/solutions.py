@@ -1,11 +1,11 @@
-"""Reference solutions to the exercises, one function per checker in ``minilora.exercises``.
+"""Reference solutions to the exercises, one function per checker in ``minilora.course.checkers``.
 
 Kept apart from the package (and from the notebooks) so students can try first. Every function
 here is run through its checker by ``tests/test_exercises.py``: each exercise is known to be
 solvable, and each checker known to accept a right answer.
 
     from instructor.solutions import lora_backward
-    from minilora.exercises import check_lora_backward
+    from minilora.course.checkers import check_lora_backward
     check_lora_backward(lora_backward)   # ✓ ...
 """
 

@@ -22,10 +22,9 @@ Units: bytes are decimal (1 GB = 10^9 bytes, as disk and GPU vendors and the pap
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from minilora.lora import name_matches  # one matching rule for counting and for add_lora
+from minilora.targets import layer_pattern, select  # the rule add_lora uses too
 
 # Bits stored per weight. NF4 stores a 4-bit code plus, per block of 64 weights, one fp32 absmax
 # (32/64 = 0.5 bits). Double quantization stores that absmax in 8 bits and adds one fp32 scale
@@ -127,26 +126,12 @@ class ModelShape:
     def select(self, targets) -> list[tuple[Matrix, int]]:
         """Each matrix that ``targets`` select, with how many of its ``count`` copies they hit.
 
-        ``targets`` is a name, a compiled regex, or a list of them, matched by ``name_matches``
-        (as ``add_lora`` does). A target that selects nothing is an error, never a silent zero.
+        ``targets`` is a name, a compiled regex, or a list of them, matched as ``add_lora`` does
+        (``minilora.targets``). A target that selects nothing is an error, never a silent zero.
         """
-        if isinstance(targets, (str, re.Pattern)):
-            targets = [targets]
-        targets = list(targets)
-        if not targets:
-            raise ValueError("targets is empty: name at least one matrix to adapt, e.g. ['q_proj']")
-        if not all(isinstance(t, (str, re.Pattern)) for t in targets):
-            raise ValueError(f"targets must be names or re.compile(...) patterns, got {targets!r}")
-        hits = [
-            (m, sum(any(name_matches(n, t) for t in targets) for n in m.names()))
-            for m in self.matrices
-        ]
-        for target in targets:
-            if not any(name_matches(n, target) for m in self.matrices for n in m.names()):
-                names = ", ".join(sorted({m.name for m in self.matrices}))
-                raise ValueError(
-                    f"target {target!r} matches no matrix of {self.name}; its matrices are: {names}"
-                )
+        names = [n for m in self.matrices for n in m.names()]
+        chosen = set(select(names, targets, what=f"matrix of {self.name}"))
+        hits = [(m, sum(n in chosen for n in m.names())) for m in self.matrices]
         return [(m, n) for m, n in hits if n]
 
 
@@ -159,11 +144,6 @@ def count_lora_parameters(shape: ModelShape, targets, r: int) -> tuple[int, int]
     _check_positive_int(r, "r (the LoRA rank)")
     trainable = sum(n * lora_params(m.d_out, m.d_in, r) for m, n in shape.select(targets))
     return trainable, shape.total + trainable
-
-
-def _layer_pattern(name: str) -> str:
-    """``"encoder.layer.3.attention.self.query"`` → ``"encoder.layer.*.attention.self.query"``."""
-    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", name)
 
 
 def describe(model, name: str | None = None) -> ModelShape:
@@ -186,7 +166,7 @@ def describe(model, name: str | None = None) -> ModelShape:
         has_bias = module.bias is not None
         if has_bias:
             seen.add(id(module.bias))
-        key = (_layer_pattern(module_name), module.out_features, module.in_features, has_bias)
+        key = (layer_pattern(module_name), module.out_features, module.in_features, has_bias)
         groups.setdefault(key, []).append(module_name)
     matrices = tuple(
         Matrix(pattern, d_out, d_in, len(names), bias, module_names=tuple(names))

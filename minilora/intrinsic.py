@@ -30,7 +30,7 @@ projection is reproducible from ``(D, d, seed)`` and costs three length-n vector
 
 Everything here is ordinary PyTorch arithmetic, so autograd gives ∂loss/∂θ_d = Pᵀ·∂loss/∂θ for
 free. ``IntrinsicModel`` wraps a pretrained model: its only trainable parameter is ``theta_d``
-(zeros, so it starts as the pretrained model), and ``minilora.train.train_classifier`` trains it
+(zeros, so it starts as the pretrained model), and ``minilora.lab.train.train_classifier`` trains it
 like any other model.
 """
 

@@ -22,15 +22,15 @@ where ours picks the nearest (the test measures it and bounds the difference).
 
 ``Linear4bit`` is a frozen ``nn.Module`` that holds only this packed state and dequantizes in its
 forward pass; ``quantize_model`` swaps a model's ``nn.Linear`` layers for it. LoRA on top of it is
-QLoRA: ``minilora.add_lora`` accepts ``Linear4bit`` as a base (it is registered in
-``minilora.lora.LINEAR_TYPES`` below) and ``merge_lora`` uses ``Linear4bit.merge_delta``, which
-re-quantizes and records (and warns about) the rounding error merging introduces.
+QLoRA: ``minilora.add_lora`` accepts ``Linear4bit`` as a base because it offers what a base
+needs (``in_features``, ``out_features`` and ``dequantize()``; this module registers nothing),
+and ``merge_lora`` uses ``Linear4bit.merge_delta``, which re-quantizes and records (and warns
+about) the rounding error merging introduces.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilora.lora import LINEAR_TYPES, name_matches
+from minilora.targets import as_targets, name_matches, select
 
 # ----------------------------------------------------------------------------------------------
 # Code tables (each built from its definition, never pasted)
@@ -460,9 +460,6 @@ class Linear4bit(nn.Module):
         )
 
 
-LINEAR_TYPES.append(Linear4bit)  # lets LoRALinear / add_lora wrap a 4-bit base (QLoRA)
-
-
 def quantize_model(
     model: nn.Module,
     target_modules=None,
@@ -480,30 +477,18 @@ def quantize_model(
     _check_blocksize(blocksize)
     if isinstance(model, nn.Linear):
         raise ValueError("quantize_model works on a model; use Linear4bit.from_linear for a layer")
-    skips = [skip_modules] if isinstance(skip_modules, (str, re.Pattern)) else list(skip_modules)
+    names = [n for n, _ in model.named_modules() if n]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name in skips:
-        if not any(name_matches(n, name) for n, _ in model.named_modules() if n):
-            raise ValueError(f"skip_modules entry {name!r} matches no module of this model")
+    skips = as_targets(skip_modules, "skip_modules") if skip_modules else []
+    if skips:
+        select(names, skips, what="module (skip_modules)")  # each entry must name something
     if target_modules is None:
-        chosen = list(linears)
+        chosen = linears
     else:
-        single = isinstance(target_modules, (str, re.Pattern))
-        targets = [target_modules] if single else list(target_modules)
-        if not targets:
-            raise ValueError("target_modules is empty; pass None to quantize every Linear layer")
-        chosen = []
-        for target in targets:
-            hits = [n for n in linears if name_matches(n, target)]
-            if not hits:
-                raise ValueError(
-                    f"target {target!r} matches no nn.Linear layer. Linear layers: {linears}"
-                )
-            chosen += [n for n in hits if n not in chosen]
+        chosen = select(linears, target_modules, what="nn.Linear layer")
     chosen = [n for n in chosen if not any(name_matches(n, s) for s in skips)]
     for name in chosen:
-        weight = model.get_submodule(name).weight
-        _check_weight(weight)  # fail on NaN before anything is swapped
+        _check_weight(model.get_submodule(name).weight)  # fail on NaN before anything is swapped
     for name in chosen:  # all checks passed: now mutate
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

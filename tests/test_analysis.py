@@ -1,10 +1,10 @@
-"""Tests for minilora.analysis: ΔW, rank truncation, energy, subspace similarity, rank sweeps."""
+"""minilora.lab.analysis: ΔW, rank truncation, energy, subspace similarity, rank sweeps."""
 
 import numpy as np
 import pytest
 import torch
 
-from minilora.analysis import (
+from minilora.lab.analysis import (
     energy_captured,
     is_lora,
     random_subspace_similarity,
@@ -15,9 +15,9 @@ from minilora.analysis import (
     weight_deltas,
     with_truncated_deltas,
 )
+from minilora.lab.models import DigitsMLP, MLPConfig
+from minilora.lab.train import train_classifier
 from minilora.lora import add_lora
-from minilora.models import DigitsMLP, MLPConfig
-from minilora.train import train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 

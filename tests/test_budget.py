@@ -30,7 +30,7 @@ from minilora.budget import (
     lora_params,
     memory_table,
 )
-from minilora.models import CharGPT, DigitsMLP
+from minilora.lab.models import CharGPT, DigitsMLP
 
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

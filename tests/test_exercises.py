@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the instructor/ folder
 
 from instructor import solutions as sol  # noqa: E402
-from minilora.exercises import (  # noqa: E402
+from minilora.course.checkers import (  # noqa: E402
     ExerciseError,
     check_adam_state_bytes,
     check_bits_per_weight,
@@ -29,7 +29,7 @@ from minilora.exercises import (  # noqa: E402
     check_param_count,
     check_scaling,
 )
-from minilora.models import DigitsMLP  # noqa: E402
+from minilora.lab.models import DigitsMLP  # noqa: E402
 from minilora.nf4 import NF4_CODEBOOK  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Tests for minilora.forgetting: recipes, L2-SP, trajectories and matched-learning forgetting."""
+"""minilora.lab.forgetting: recipes, L2-SP, trajectories and matched-learning forgetting."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minilora.forgetting import (
+from minilora.lab.forgetting import (
     Recipe,
     Task,
     best_lr,
@@ -20,8 +20,8 @@ from minilora.forgetting import (
     source_loss_at,
     summarize,
 )
+from minilora.lab.models import CharGPT, GPTConfig
 from minilora.lora import LoRALinear
-from minilora.models import CharGPT, GPTConfig
 from minilora.nf4 import Linear4bit
 
 TINY = GPTConfig(block_size=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
@@ -211,19 +211,3 @@ def test_prose_to_code_loads_the_two_domains():
     task = prose_to_code(steps=5)
     assert task.steps == 5 and len(task.target_train) > 100_000
     assert len(task.source_val) > 10_000 and len(task.target_val) > 10_000
-
-
-def test_matched_forgetting_slider_builds_and_rejects_no_levels():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from minilora.widgets import matched_forgetting_slider
-
-    runs = [
-        {**_run([2.0, 1.6], [1.0, 1.4], "a"), "step": [0, 10]},
-        {**_run([2.0, 1.9], [1.0, 1.1], "b"), "step": [0, 10]},
-    ]
-    box = matched_forgetting_slider(runs, 1.0, [1.95, 1.7], {"a": "C0", "b": "C1"})
-    assert box.children[0].children[0].options == (1.95, 1.7)
-    with pytest.raises(ValueError, match="at least one"):
-        matched_forgetting_slider(runs, 1.0, [], {"a": "C0", "b": "C1"})

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.linalg import hadamard
 
-from minilora.data import load_digits
 from minilora.intrinsic import FastfoodProjection, IntrinsicModel, find_d90, hadamard_transform
-from minilora.models import DigitsMLP
-from minilora.train import train_classifier
+from minilora.lab.data import load_digits
+from minilora.lab.models import DigitsMLP
+from minilora.lab.train import train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import minilora
-from minilora import lora
+from minilora import adapters, lora
 from minilora.lora import LoRALinear
 
 
@@ -68,7 +68,7 @@ X = torch.randn(5, 6, generator=torch.Generator().manual_seed(123))
 
 
 # --- the layer ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("init", ["gaussian", "kaiming"])
+@pytest.mark.parametrize("init", ["gaussian", "kaiming", "peft_gaussian"])
 def test_fresh_layer_computes_the_base(init):
     base = nn.Linear(6, 4)
     layer = LoRALinear(copy.deepcopy(base), r=3, alpha=5, init=init)
@@ -86,9 +86,14 @@ def test_rslora_scaling():
 
 
 def test_init_statistics():
+    """The default Gaussian is A ~ N(0, 1/k), k = in_features, whatever r (chapter 02's law)."""
     torch.manual_seed(0)
-    gaussian = LoRALinear(nn.Linear(4096, 2), r=4, alpha=4).lora_A
-    assert abs(gaussian.std().item() - 1 / 4) < 0.01  # σ = 1/r, 16,384 samples
+    for r in (1, 4, 16):
+        gaussian = LoRALinear(nn.Linear(4096, 2), r=r, alpha=4).lora_A
+        # σ = 1/√4096 = 1/64; the std of 4096·r samples is within 3% (> 5 standard errors)
+        assert gaussian.std().item() == pytest.approx(1 / 64, rel=0.03)
+        peft_law = LoRALinear(nn.Linear(4096, 2), r=r, alpha=4, init="peft_gaussian").lora_A
+        assert peft_law.std().item() == pytest.approx(1 / r, rel=0.03)  # PEFT's "gaussian"
     kaiming = LoRALinear(nn.Linear(4096, 2), r=4, alpha=4, init="kaiming").lora_A
     bound = 1 / math.sqrt(4096)  # kaiming_uniform(a=√5) with fan_in = 4096
     assert kaiming.abs().max().item() <= bound
@@ -222,7 +227,7 @@ def test_unknown_target_lists_the_linear_layers_and_changes_nothing():
 def test_non_linear_target_is_refused():
     model = make_mlp()
     before = snapshot(model)
-    with pytest.raises(ValueError, match="'norm', a LayerNorm, not a Linear"):
+    with pytest.raises(ValueError, match="'norm', a LayerNorm, not a linear layer"):
         minilora.add_lora(model, "norm")
     with pytest.raises(ValueError, match=r"re.compile\('.*'\) matches 'norm'"):
         minilora.add_lora(model, re.compile(".*"))
@@ -244,10 +249,10 @@ def test_duplicate_add_lora_is_refused():
     assert model.fc1.lora_A.requires_grad and model.fc2.lora_A.requires_grad
 
 
-def test_custom_linear_like_base_via_LINEAR_TYPES():
-    """The contract the NF4 chapter relies on: in/out features, forward, dequantize, merge_delta."""
+def test_a_base_is_recognised_by_what_it_offers():
+    """No registry: in/out features plus dequantize() (a packed base) or a 2-D float weight."""
 
-    class NoMerge(nn.Module):  # a frozen base that cannot take ΔW
+    class NoMerge(nn.Module):  # a frozen, packed base that cannot take ΔW
         def __init__(self, weight):
             super().__init__()
             self.in_features, self.out_features = weight.shape[1], weight.shape[0]
@@ -263,25 +268,26 @@ def test_custom_linear_like_base_via_LINEAR_TYPES():
         def merge_delta(self, delta):
             self.stored += delta
 
+    class NoWeight(nn.Module):  # in/out features alone are not enough
+        in_features, out_features = 6, 4
+
     weight = torch.randn(4, 6)
     with pytest.raises(ValueError, match="wraps linear layers"):
-        LoRALinear(Frozen(weight), r=2, alpha=2)
-    lora.LINEAR_TYPES.append(NoMerge)
-    try:
-        layer = LoRALinear(Frozen(weight), r=2, alpha=2)
-        # Its weight lives in a buffer, yet it holds 4 × 6 frozen weights: they count.
-        assert minilora.count_parameters(layer) == (2 * (6 + 4), 2 * (6 + 4) + 4 * 6)
-        with torch.no_grad():
-            layer.lora_B.normal_()
-        y = layer(X)
-        torch.testing.assert_close(layer.weight, weight + layer.delta_weight())
-        layer.merge()
-        torch.testing.assert_close(layer(X), y, rtol=0, atol=1e-5)
-        plain = LoRALinear(NoMerge(weight), r=2, alpha=2)
-        with pytest.raises(ValueError, match="no merge_delta"):
-            plain.merge()
-    finally:
-        lora.LINEAR_TYPES.remove(NoMerge)
+        LoRALinear(NoWeight(), r=2, alpha=2)
+    with pytest.raises(ValueError, match="wraps linear layers"):
+        LoRALinear(nn.Embedding(6, 4), r=2, alpha=2)  # a 2-D weight, but no in/out features
+    layer = LoRALinear(Frozen(weight), r=2, alpha=2)
+    # Its weight lives in a buffer, yet it holds 4 × 6 frozen weights: they count.
+    assert minilora.count_parameters(layer) == (2 * (6 + 4), 2 * (6 + 4) + 4 * 6)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    y = layer(X)
+    torch.testing.assert_close(layer.weight, weight + layer.delta_weight())
+    layer.merge()
+    torch.testing.assert_close(layer(X), y, rtol=0, atol=1e-5)
+    plain = LoRALinear(NoMerge(weight), r=2, alpha=2)
+    with pytest.raises(ValueError, match="no merge_delta"):
+        plain.merge()
 
 
 # --- merge_lora, disable_lora, state dicts, counts ----------------------------------------------
@@ -520,7 +526,7 @@ def test_load_refuses_corrupt_truncated_or_foreign_files(trained, tmp_path):
     )
     _expect_refusal(make_mlp(), bad_r_file, "broken adapter config")
     missing = {k: v for k, v in tensors.items() if k != "fc2.lora_B"}
-    meta_missing = {**meta, "sha256": lora._checksum(missing)}  # a consistent, incomplete file
+    meta_missing = {**meta, "sha256": adapters._checksum(missing)}  # a consistent, incomplete file
     missing_file = _rewrite(tmp_path / "missing.safetensors", missing, meta_missing)
     _expect_refusal(make_mlp(), missing_file, r"missing \['fc2.lora_B'\]")
     with pytest.raises(FileNotFoundError):

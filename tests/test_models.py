@@ -4,25 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from minilora.data import (
-    CODE_TRAIN_MODULES,
-    CODE_VAL_MODULES,
+from minilora.lab.data import (
     VOCAB,
     VOCAB_SIZE,
-    code_dataset,
     decode,
     digits_dataset,
     encode,
     fixed_lm_batches,
     load_digits,
     load_text,
-    prose_dataset,
+    read_corpus,
     sample_lm_batch,
     unigram_cross_entropy,
 )
-from minilora.lora import LoRALinear, add_lora
-from minilora.models import CharGPT, DigitsMLP, GPTConfig, MLPConfig
-from minilora.train import (
+from minilora.lab.models import CharGPT, DigitsMLP, GPTConfig, MLPConfig
+from minilora.lab.train import (
     accuracy,
     classification_loss,
     evaluate,
@@ -33,6 +29,7 @@ from minilora.train import (
     train_classifier,
     train_lm,
 )
+from minilora.lora import LoRALinear, add_lora
 
 TINY_GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, d_model=16, d_ff=32)
 
@@ -148,11 +145,23 @@ def test_digits_bad_arguments():
         load_digits("upright", "train", n=0)
 
 
+DOMAINS, SPLITS = ("prose", "code"), ("train", "val")
+CODE_TRAIN_MODULES = [
+    "textwrap", "string", "random", "fractions", "heapq", "functools", "json/encoder",
+    "json/decoder", "dataclasses", "statistics", "csv", "pprint", "shlex", "queue",
+    "contextlib", "copy", "calendar", "glob", "fnmatch", "graphlib",
+]  # fmt: skip
+CODE_VAL_MODULES = ["bisect", "colorsys", "numbers", "operator", "abc", "keyword", "tokenize"]
+
+
 def test_text_domains_are_nonempty_deterministic_and_split_by_document():
-    prose, code = prose_dataset(), code_dataset()
-    assert set(prose["train"]["name"]).isdisjoint(prose["val"]["name"])
-    assert code["train"]["name"] == list(CODE_TRAIN_MODULES)
-    assert code["val"]["name"] == list(CODE_VAL_MODULES)
+    names = {(d, s): [doc["name"] for doc in read_corpus(d, s)] for d in DOMAINS for s in SPLITS}
+    assert set(names["prose", "train"]).isdisjoint(names["prose", "val"])
+    assert names["code", "train"] == CODE_TRAIN_MODULES  # the list data/README.md documents
+    assert names["code", "val"] == CODE_VAL_MODULES
+    prose_names = sorted(names["prose", "train"] + names["prose", "val"])
+    assert names["prose", "val"] == prose_names[::10]  # every 10th topic in sorted order
+    assert all(len(doc["text"]) <= 16_000 for doc in read_corpus("code", "train"))
     for domain in ("prose", "code"):
         tr, va = load_text(domain, "train"), load_text(domain, "val")
         assert len(tr) > 100_000 and len(va) > 10_000
@@ -160,6 +169,8 @@ def test_text_domains_are_nonempty_deterministic_and_split_by_document():
     assert "def " in decode(load_text("code", "train")[:20_000])
     with pytest.raises(ValueError, match="domain"):
         load_text("poetry")
+    with pytest.raises(ValueError, match="split"):
+        read_corpus("prose", "test")
 
 
 def test_lm_batches_are_shifted_windows():

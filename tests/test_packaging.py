@@ -20,7 +20,8 @@ def _name(requirement: str) -> str:
 
 def _pyproject_names() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    reqs = project["dependencies"] + extras["course"] + extras["dev"]
     return {_name(r) for r in reqs}
 
 
@@ -77,5 +78,5 @@ def test_installed_versions_match_the_lock():
 def test_makefile_installs_pinned_torch_first():
     makefile = (ROOT / "Makefile").read_text()
     torch_at = makefile.index("torch==2.13.0")
-    assert torch_at < makefile.index("-e '.[dev]'"), "torch must be installed before the package"
+    assert torch_at < makefile.index("-e '.[course,dev]'"), "torch before the package"
     assert "-c constraints.txt" in makefile

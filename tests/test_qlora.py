@@ -10,11 +10,11 @@ from minilora import (
     add_lora,
     count_parameters,
     dequantize_nf4,
-    merge_errors,
     merge_lora,
     quantize_model,
     quantize_nf4,
 )
+from minilora.nf4 import merge_errors
 
 
 def make_qlora_model(seed=0, r=4):

@@ -11,14 +11,16 @@ deterministic ``train``/``val`` splits (nothing is fetched from the network):
    Python source code of a fixed list of standard-library modules. Both are encoded with one
    shared character vocabulary (newline + printable ASCII + "unknown").
 
-Both corpora ship with the Python interpreter, so their exact text (and the numbers measured on
-it) depends a little on the Python version; the recipe in ``data/README.md`` names the one used.
+The text corpora are a fixed snapshot shipped with the package (``minilora/lab/corpora/*.jsonl``,
+one ``{"name", "text"}`` document per line, taken from Python 3.11.7 by
+``data/make_corpora.py``), so every Python version reads the same characters and the chapters
+measure the same numbers.
 """
 
 from __future__ import annotations
 
 import functools
-import sysconfig
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,16 +95,8 @@ _STOI = {ch: i for i, ch in enumerate(VOCAB)}
 # Typographic characters of the docs mapped to their ASCII look-alikes rather than to UNK.
 _ASCII = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "—": "-", "–": "-", "\t": "    "})
 
-# Standard-library modules of the target domain: fixed lists (train and val are different
-# modules), each file cut to its first MAX_CHARS_PER_FILE characters — a fixed budget.
-CODE_TRAIN_MODULES = (
-    "textwrap", "string", "random", "fractions", "heapq", "functools", "json/encoder",
-    "json/decoder", "dataclasses", "statistics", "csv", "pprint", "shlex", "queue",
-    "contextlib", "copy", "calendar", "glob", "fnmatch", "graphlib",
-)  # fmt: skip
-CODE_VAL_MODULES = ("bisect", "colorsys", "numbers", "operator", "abc", "keyword", "tokenize")
-MAX_CHARS_PER_FILE = 16_000
-PROSE_VAL_EVERY = 10  # every 10th documentation topic (in sorted order) is held out
+CORPORA_DIR = Path(__file__).resolve().parent / "corpora"  # {prose,code}_{train,val}.jsonl
+TEXT_DOMAINS = ("prose", "code")
 
 
 def encode(text: str) -> torch.Tensor:
@@ -116,36 +110,14 @@ def decode(ids) -> str:
     return "".join("�" if int(i) == 0 else VOCAB[int(i)] for i in ids)
 
 
-@functools.cache
-def prose_dataset() -> DatasetDict:
-    """English prose: the documentation topics of ``pydoc_data.topics`` (columns name, text)."""
-    from pydoc_data.topics import topics
-
-    from datasets import Dataset, DatasetDict
-
-    names = sorted(topics)
-    rows = {"train": {"name": [], "text": []}, "val": {"name": [], "text": []}}
-    for i, name in enumerate(names):
-        split = "val" if i % PROSE_VAL_EVERY == 0 else "train"
-        rows[split]["name"].append(name)
-        rows[split]["text"].append(topics[name])
-    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
-
-
-@functools.cache
-def code_dataset() -> DatasetDict:
-    """Python source: the fixed standard-library modules above (columns name, text)."""
-    from datasets import Dataset, DatasetDict
-
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-
-    def read(modules):
-        texts = [
-            (stdlib / f"{m}.py").read_text(encoding="utf-8")[:MAX_CHARS_PER_FILE] for m in modules
-        ]
-        return Dataset.from_dict({"name": list(modules), "text": texts})
-
-    return DatasetDict({"train": read(CODE_TRAIN_MODULES), "val": read(CODE_VAL_MODULES)})
+def read_corpus(domain: str, split: str) -> list[dict[str, str]]:
+    """The shipped documents of one domain and split: a list of ``{"name", "text"}`` dicts."""
+    if domain not in TEXT_DOMAINS:
+        raise ValueError(f"unknown text domain {domain!r}; choose 'prose' or 'code'")
+    if split not in ("train", "val"):
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'val'")
+    lines = (CORPORA_DIR / f"{domain}_{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
 
 
 @functools.cache
@@ -155,13 +127,7 @@ def load_text(domain: str = "prose", split: str = "train") -> torch.Tensor:
     ``domain`` is ``"prose"`` (source) or ``"code"`` (target). The result is cached; do not
     modify it in place.
     """
-    datasets = {"prose": prose_dataset, "code": code_dataset}
-    if domain not in datasets:
-        raise ValueError(f"unknown text domain {domain!r}; choose 'prose' or 'code'")
-    ds = datasets[domain]()
-    if split not in ds:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'val'")
-    return encode("\n\n".join(ds[split]["text"]))
+    return encode("\n\n".join(doc["text"] for doc in read_corpus(domain, split)))
 
 
 def sample_lm_batch(

@@ -7,7 +7,7 @@ validation loss going up. Both in nats per character.
 
 - ``Recipe``: one way to fine-tune: full fine-tuning (optionally with L2-SP: λ·‖θ − θ0‖² added
   to the loss, weight decay toward the pretrained weights θ0 instead of toward zero, using
-  ``minilora.train.l2_toward``), LoRA at rank r, or QLoRA (LoRA on a frozen NF4 base).
+  ``minilora.lab.train.l2_toward``), LoRA at rank r, or QLoRA (LoRA on a frozen NF4 base).
 - ``prepare(base, recipe, seed)``: a fresh copy of the base, ready to train with that recipe.
 - ``finetune(base, recipe, lr, seed, task)``: train and return the *trajectory*: the (target,
   source) losses at step 0 and every ``eval_every`` steps. A trajectory also answers "what if we
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minilora.data import load_text
+from minilora.lab.data import load_text
+from minilora.lab.train import l2_toward, lm_loss_on, train_lm
 from minilora.lora import add_lora, count_parameters
 from minilora.nf4 import quantize_model
-from minilora.train import l2_toward, lm_loss_on, train_lm
 
 # Every linear layer inside the transformer blocks of ``CharGPT``: QLoRA found that adapting all
 # of them is needed to match full fine-tuning, and it makes the race about the rank constraint,
@@ -57,6 +57,7 @@ class Recipe:
     r: int | None = None
     l2sp: float = 0.0
     targets: tuple[str, ...] = ALL_LINEAR
+    init: str = "gaussian"  # LoRA's A: "gaussian" N(0, 1/k) or PEFT's "kaiming"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -120,7 +121,7 @@ def prepare(base: nn.Module, recipe: Recipe, seed: int = 0) -> nn.Module:
         return model.requires_grad_(True)
     if recipe.kind == "qlora":
         quantize_model(model, list(recipe.targets))
-    return add_lora(model, list(recipe.targets), r=recipe.r, alpha=2 * recipe.r)
+    return add_lora(model, list(recipe.targets), r=recipe.r, alpha=2 * recipe.r, init=recipe.init)
 
 
 def measure(model: nn.Module, task: Task) -> dict[str, float]:

@@ -5,7 +5,7 @@ tests it on fresh random inputs against the correct result and, when they disagr
 the usual mistakes (a transposed shape, the scaling α/r missing, B not starting at zero, a
 forgotten layer, ...) and names the one it finds::
 
-    from minilora.exercises import check_lora_forward
+    from minilora.course.checkers import check_lora_forward
 
     def my_forward(W0, A, B, x, scaling):
         return x @ W0.T + scaling * (x @ A.T) @ B.T

@@ -51,7 +51,7 @@ class DigitsMLP(nn.Module):
 class GPTConfig:
     """Sizes of the character-level GPT (defaults: the shipped ``char_gpt`` checkpoint)."""
 
-    vocab_size: int = 97  # minilora.data.VOCAB_SIZE
+    vocab_size: int = 97  # minilora.lab.data.VOCAB_SIZE
     block_size: int = 64  # context length in characters
     n_layer: int = 2
     n_head: int = 4

@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from minilora.data import fixed_lm_batches, sample_lm_batch
+from minilora.lab.data import fixed_lm_batches, sample_lm_batch
 
 
 def classification_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -88,6 +87,8 @@ def train(
             history.setdefault(key, []).append(float(value))
 
     model.train()
+    from tqdm.auto import tqdm  # minilora[course]; imported here so load_pretrained needs none
+
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
     for step in bar:
         loss = loss_fn(model, sample_batch(gen))

@@ -1,9 +1,10 @@
 """Pretrain the two tiny bases, save them as safetensors, and load the shipped checkpoints.
 
-The recipe is deterministic (fixed seed, one thread) and regenerates the files in ``data/``::
+The recipe is deterministic (fixed seed, one thread) and regenerates the checkpoints that ship
+inside the package, in ``minilora/lab/checkpoints/``::
 
-    python -m minilora.pretrain digits   # data/digits_mlp.safetensors, a few seconds
-    python -m minilora.pretrain gpt      # data/char_gpt.safetensors, a few minutes
+    python -m minilora.lab.pretrain digits   # checkpoints/digits_mlp.safetensors, a few seconds
+    python -m minilora.lab.pretrain gpt      # checkpoints/char_gpt.safetensors, a few minutes
 
 A checkpoint is a ``safetensors`` file (tensors only: no pickle, nothing executes on load) whose
 metadata holds the model's config and the metrics measured right after pretraining, as JSON.
@@ -22,11 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from minilora.data import load_digits, load_text, unigram_cross_entropy
-from minilora.models import CharGPT, DigitsMLP, GPTConfig, MLPConfig
-from minilora.train import accuracy, lm_loss_on, train_classifier, train_lm
+from minilora.lab.data import load_digits, load_text, unigram_cross_entropy
+from minilora.lab.models import CharGPT, DigitsMLP, GPTConfig, MLPConfig
+from minilora.lab.train import accuracy, lm_loss_on, train_classifier, train_lm
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"  # package data
 MODELS = {"digits_mlp": (DigitsMLP, MLPConfig), "char_gpt": (CharGPT, GPTConfig)}
 
 # The recipes (change them and re-run the command to regenerate a checkpoint).
@@ -36,10 +37,10 @@ GPT_EVAL_BATCHES = 8  # the evaluation the metrics (and tests) use: 8 × 32 wind
 
 
 def save_checkpoint(model: torch.nn.Module, name: str, metrics: dict, path: Path | None = None):
-    """Write weights, config and ``metrics`` to ``path`` (default ``data/<name>.safetensors``)."""
+    """Write weights, config and ``metrics`` to ``path`` (default: in ``CHECKPOINT_DIR``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; choose one of {sorted(MODELS)}")
-    path = Path(path) if path is not None else DATA_DIR / f"{name}.safetensors"
+    path = Path(path) if path is not None else CHECKPOINT_DIR / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {
@@ -71,9 +72,11 @@ def load_pretrained(name: str, path: Path | None = None) -> torch.nn.Module:
 def _checkpoint_path(name: str, path: Path | None) -> Path:
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; choose one of {sorted(MODELS)}")
-    path = Path(path) if path is not None else DATA_DIR / f"{name}.safetensors"
+    path = Path(path) if path is not None else CHECKPOINT_DIR / f"{name}.safetensors"
     if not path.exists():
-        raise ValueError(f"no checkpoint at {path}; run `python -m minilora.pretrain ...` first")
+        raise ValueError(
+            f"no checkpoint at {path}; run `python -m minilora.lab.pretrain ...` first"
+        )
     return path
 
 
@@ -123,7 +126,9 @@ def pretrain_gpt(seed: int = 0, steps: int = 4000, lr: float = 3e-3, batch_size:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=["digits", "gpt"])
-    parser.add_argument("--out", type=Path, default=None, help="default: data/<name>.safetensors")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: CHECKPOINT_DIR/<name>.safetensors"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # float sums depend on thread count: one thread, one result
     torch.use_deterministic_algorithms(True)

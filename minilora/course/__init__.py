@@ -1,10 +1,13 @@
-"""What every chapter shares: one call that makes a notebook deterministic, and one palette.
+"""The course's helpers: one call that makes a notebook deterministic, and one palette.
 
 Each chapter starts with ``setup(seed)``. It seeds Python, NumPy and PyTorch, fixes the number of
 threads (float sums depend on how work is split across threads, so a fixed count keeps
 ``# NBVAL_CHECK_OUTPUT`` cells identical run to run), and sets a small, readable plot style.
 
 Methods keep one colour in every plot of the course: ``COLORS["lora"]`` is always LoRA, etc.
+
+Also here: ``minilora.course.widgets`` (the slider plumbing every interactive cell uses) and
+``minilora.course.checkers`` (the homework checkers, ``ExerciseError`` on a mistake).
 """
 
 from __future__ import annotations
