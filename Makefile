@@ -1,6 +1,7 @@
 # minilora: two commands for the course.
 #   make lab   -> a .venv with everything, then JupyterLab on notebooks/
 #   make test  -> the same .venv, then ONE pytest run over tests/ and every notebook (nbval)
+#   make robust -> every chapter again under other CPU numerics and another seed (.ci/robust.py)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 LAB_DIR ?= notebooks
 
-.PHONY: lab test lint bench install lock browser clean
+.PHONY: lab test robust lint bench install lock browser clean
 
 install: $(STAMP)
 
@@ -34,9 +35,16 @@ PYTEST_ARGS ?= -n 2 --dist loadscope
 test: $(STAMP)
 	$(PY) -m pytest --nbval-lax tests notebooks $(PYTEST_ARGS)
 
+# The numerics-perturbation harness: each chapter re-run with MKL's SSE4.2 path, PyTorch's
+# default (non-vectorized) kernels, and another SEED; prints chapter x perturbation and every
+# claim's margin. ROBUST_ARGS="--only 07 09" for some chapters.
+ROBUST_ARGS ?=
+robust: $(STAMP)
+	$(PY) .ci/robust.py $(ROBUST_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check minilora tests notebooks benchmarks instructor data conftest.py
-	$(VENV)/bin/ruff format --check minilora tests benchmarks instructor data conftest.py
+	$(VENV)/bin/ruff check minilora tests notebooks benchmarks instructor data conftest.py .ci/robust.py
+	$(VENV)/bin/ruff format --check minilora tests benchmarks instructor data conftest.py .ci/robust.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

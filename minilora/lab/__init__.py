@@ -5,6 +5,8 @@
 - ``models``: ``DigitsMLP`` and ``CharGPT``; ``pretrain``: their recipes, and
   ``load_pretrained`` for the checkpoints shipped in ``checkpoints/``.
 - ``train``: one training loop for full fine-tuning, LoRA and QLoRA, plus evaluation.
+- ``race``: the fair-race protocol every trained comparison uses, and ``claim`` (the assert on
+  a trained number that records its margin for ``make robust``).
 - ``analysis`` (chapter 07) and ``forgetting`` (chapter 08).
 
 These modules use the idea modules (``minilora.lora``, ``minilora.nf4``); never the reverse.
