@@ -9,9 +9,10 @@ three more times:
   257×513 @ 513×129 matmul already differs in its last bits); ``# NBVAL_CHECK_OUTPUT`` cells are
   compared too (they must print only what is identical on every CPU);
 - ``aten``: ``ATEN_CPU_CAPABILITY=default``, PyTorch's non-vectorized kernels; outputs compared;
-- ``seed``: another ``SEED`` injected after the ``parameters`` cell (papermill-style) into a copy
-  under ``test-output/robust/``; outputs are not compared (they may depend on the seed), asserts
-  must hold.
+- ``seed``: another ``SEED``: the ``parameters`` cell run again right after itself with its
+  ``SEED = ...`` line changed (papermill-style, but what the cell derives from SEED moves too),
+  in a copy under ``test-output/robust/``; outputs are not compared (they may depend on the
+  seed), asserts must hold.
 
 One pytest session per perturbation runs two notebooks at a time (the machine has two cores;
 every chapter uses one thread). The report (printed, and written to
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +47,7 @@ PERTURBATIONS = {
 
 
 def seeded_copy(notebook: Path, seed: int) -> Path:
-    """A copy of ``notebook`` with ``SEED = seed`` injected after its parameters cell.
+    """A copy of ``notebook`` whose parameters cell is run again with ``SEED = seed`` after it.
 
     The copy drops the ``# NBVAL_CHECK_OUTPUT`` markers: with another seed only the asserts count.
     """
@@ -60,12 +62,19 @@ def seeded_copy(notebook: Path, seed: int) -> Path:
         if cell["cell_type"] == "code":
             lines = "".join(cell["source"]).split("\n")
             cell["source"] = "\n".join(x for x in lines if x.strip() != "# NBVAL_CHECK_OUTPUT")
+    # The parameters cell runs again with the new SEED, so that what it derives from SEED in
+    # the same cell (``SEEDS = (SEED, SEED + 1, SEED + 2)``) moves with it; a bare
+    # ``SEED = 7`` after the cell would leave such values at the committed seed, silently.
+    params = "".join(cells[where[0]]["source"])
+    source, found = re.subn(r"^SEED\s*=\s*\d+", f"SEED = {seed}", params, flags=re.M)
+    if found != 1:
+        raise SystemExit(f"{notebook.name}: its parameters cell needs one line 'SEED = <int>'")
     injected = {
         "cell_type": "code",
         "execution_count": None,
         "metadata": {"tags": ["injected-parameters"]},
         "outputs": [],
-        "source": f"SEED = {seed}  # injected by .ci/robust.py (papermill-style)",
+        "source": f"# injected by .ci/robust.py: the parameters cell with SEED = {seed}\n{source}",
     }
     if "id" in cells[0]:
         injected["id"] = "injected-parameters"
