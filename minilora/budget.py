@@ -16,8 +16,9 @@ the memory that training needs. This module does that arithmetic for any model:
   Activations are out of scope: they depend on batch size, sequence length and checkpointing,
   not on the parameter count, so the estimate is a lower bound on what a GPU must hold.
 
-Units: bytes are decimal (1 GB = 10^9 bytes, as disk and GPU vendors and the papers use them);
-``format_bytes`` prints them that way.
+Units: bytes are decimal (1 GB = 10^9 bytes, as disk vendors and the papers use them);
+``format_bytes`` prints them that way. GPU memory is binary: a "48 GB" card holds 48 GiB =
+48·2^30 ≈ 51.5e9 bytes, so compare with ``gpu_bytes(48)``, not 48e9.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ QUANTIZED = ("nf4", "nf4+dq")  # frozen storage only: these weights cannot be tr
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd-momentum": 1, "sgd": 0}
 
 METHODS = ("full", "lora", "qlora")
+GIB = 2**30  # bytes in a GiB: GPU memory sizes ("24 GB", "48 GB", "80 GB") are in these units
+
+
+def gpu_bytes(label_gb: float) -> float:
+    """Bytes on a GPU sold as ``label_gb`` "GB": GPU memory is binary, so 48 → 48·2^30 ≈ 51.5e9."""
+    if not label_gb > 0:
+        raise ValueError(f"a GPU size must be positive, got {label_gb!r}")
+    return label_gb * GIB
 
 
 # --- one matrix ------------------------------------------------------------------------------
@@ -52,6 +61,17 @@ def _check_positive_int(value, what: str) -> None:
     # bool is an int in Python; r=True would silently mean r=1, so refuse it too.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def break_even_rank(d_out: int, d_in: int) -> float:
+    """The rank at which LoRA's r·(d_out + d_in) numbers equal the matrix's d_out·d_in.
+
+    r_be = d_out·d_in / (d_out + d_in) (half the harmonic mean of the two sides; d/2 for a square
+    d×d). Below it the adapter is smaller than the matrix it adapts; from it on, it is not.
+    """
+    _check_positive_int(d_out, "d_out")
+    _check_positive_int(d_in, "d_in")
+    return d_out * d_in / (d_out + d_in)
 
 
 def lora_params(d_out: int, d_in: int, r: int) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-INITS = ("gaussian", "kaiming")
+INITS = ("gaussian", "kaiming", "peft_gaussian")
 STARTS = ("paper", "A zero", "both random", "both zero")
 
 
@@ -54,7 +54,10 @@ class LoRALinear:
     ``init="kaiming"``: PEFT's default, ``kaiming_uniform_(A, a=√5)``. PyTorch's recipe is
     gain = √(2/(1+a²)) = √(1/3), std = gain/√fan_in, bound = √3·std, so with fan_in = d_in the
     bound is exactly 1/√d_in: A ~ U(-1/√d_in, 1/√d_in) (variance 1/(3·d_in)).
-    B starts at zero in both, so the adapted layer starts as the base layer (chapter 02).
+    ``init="peft_gaussian"``: PEFT's ``init_lora_weights="gaussian"``, A ~ N(0, 1/r²): the
+    entries shrink with the rank instead of with d_in (``minilora.lora`` offers the same three).
+    Chapter 02 measures what that does to α/r's rank invariance under Adam.
+    B starts at zero in every case, so the adapted layer starts as the base layer (chapter 02).
     """
 
     def __init__(self, W0, r: int, alpha: float, seed: int = 0, init: str = "gaussian"):
@@ -78,6 +81,8 @@ class LoRALinear:
         rng = np.random.default_rng(seed)
         if init == "gaussian":
             A = rng.normal(0.0, 1.0 / np.sqrt(d_in), size=(r, d_in))
+        elif init == "peft_gaussian":
+            A = rng.normal(0.0, 1.0 / r, size=(r, d_in))
         else:
             bound = 1.0 / np.sqrt(d_in)
             A = rng.uniform(-bound, bound, size=(r, d_in))
@@ -318,14 +323,31 @@ def mse(y_hat, y) -> tuple[float, np.ndarray]:
     return float(np.mean(diff**2)), 2.0 * diff / diff.size
 
 
-def fit(layer: LoRALinear, X, Y, steps: int, opt) -> np.ndarray:
-    """Full-batch training of (A, B) on the MSE; returns the losses before each step and after."""
+def cosine_lr(lr: float, steps: int):
+    """The learning rate of step t (0-based) decaying from ``lr`` to 0 along half a cosine.
+
+    lr_t = lr·(1 + cos(π·t/steps))/2. Chapter 01 uses it to stop Adam's late loss spikes: with a
+    constant lr, √v̂ shrinks with the gradients until lr/√v̂ is too large a step for the curvature.
+    """
+    if not lr > 0 or steps < 1:
+        raise ValueError(f"cosine_lr needs lr > 0 and steps >= 1, got lr={lr}, steps={steps}")
+    return lambda t: lr * 0.5 * (1.0 + np.cos(np.pi * t / steps))
+
+
+def fit(layer: LoRALinear, X, Y, steps: int, opt, lr_schedule=None) -> np.ndarray:
+    """Full-batch training of (A, B) on the MSE; returns the losses before each step and after.
+
+    ``lr_schedule``, if given, maps the step index t (0-based) to the learning rate of that step
+    (e.g. ``cosine_lr(1e-2, steps)``); it is written to ``opt.lr`` before each step.
+    """
     losses = np.empty(steps + 1)
     for t in range(steps + 1):
         loss, dy = mse(layer.forward(X), Y)
         losses[t] = loss
         if t < steps:
             layer.backward(dy)
+            if lr_schedule is not None:
+                opt.lr = float(lr_schedule(t))
             opt.step()
     return losses
 

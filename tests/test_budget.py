@@ -306,3 +306,19 @@ def test_describe_reads_gpt2_conv1d_like_add_lora():
     expected = count_lora_parameters(shape, targets, 4)
     assert shape.total == sum(p.numel() for p in gpt.parameters())
     assert count_parameters(add_lora(gpt, targets, r=4)) == expected
+
+
+def test_break_even_rank_and_gpu_bytes():
+    from minilora.budget import GIB, break_even_rank, gpu_bytes, lora_params
+
+    assert break_even_rank(64, 64) == 32 and break_even_rank(4096, 4096) == 2048
+    for d, k in ((11008, 4096), (256, 64), (3, 7)):
+        r_be = break_even_rank(d, k)
+        below = math.ceil(r_be) - 1
+        assert below < 1 or lora_params(d, k, below) < d * k
+        assert d * k <= lora_params(d, k, math.ceil(r_be))
+    with pytest.raises(ValueError):
+        break_even_rank(0, 4)
+    assert gpu_bytes(48) == 48 * 2**30 == 48 * GIB and abs(gpu_bytes(80) - 85.9e9) < 0.1e9
+    with pytest.raises(ValueError):
+        gpu_bytes(0)

@@ -277,3 +277,27 @@ def test_bad_optimizer_and_helper_arguments():
         gradcheck(LoRALinear(GOOD_W0.astype(np.float32), 2, 1.0), np.ones((2, 6)), np.ones((2, 4)))
     with pytest.raises(ValueError, match="r_star"):
         make_low_rank_task(d_in=4, d_out=4, r_star=5)
+
+
+def test_peft_gaussian_init_has_std_one_over_r():
+    from minilora.lora_numpy import LoRALinear
+
+    W0 = np.zeros((64, 512))
+    for r in (1, 4, 16):
+        A = LoRALinear(W0, r=r, alpha=1, seed=0, init="peft_gaussian").A
+        assert abs(A.std() * r - 1) < 0.1  # 512·r samples of N(0, 1/r²)
+        assert not LoRALinear(W0, r=r, alpha=1, init="peft_gaussian").B.any()
+
+
+def test_cosine_lr_schedule_and_fit_applies_it():
+    from minilora.lora_numpy import SGD, LoRALinear, cosine_lr, fit, make_low_rank_task
+
+    sched = cosine_lr(0.1, 10)
+    assert sched(0) == 0.1 and abs(sched(5) - 0.05) < 1e-15 and abs(sched(10)) < 1e-15
+    with pytest.raises(ValueError):
+        cosine_lr(0.0, 10)
+    task = make_low_rank_task(8, 8, 2, 16, seed=0)
+    layer = LoRALinear(task.W0, 2, 4, seed=0)
+    opt = SGD(layer, lr=123.0)
+    fit(layer, task.X, task.Y, 10, opt, lr_schedule=sched)
+    assert opt.lr == sched(9)  # the schedule, not the constructor's lr, set the last step
