@@ -52,10 +52,6 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _run(target, source, label="x", lr=1e-3):
-    return {"label": label, "lr": lr, "target_loss": target, "source_loss": source}
-
-
 # --- recipes -------------------------------------------------------------------------------------
 
 
