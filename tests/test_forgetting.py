@@ -1,4 +1,4 @@
-"""minilora.lab.forgetting: recipes, L2-SP, trajectories and matched-learning forgetting."""
+"""minilora.lab.forgetting: recipes, L2-SP, trajectories, weight drift and frontiers."""
 
 import math
 
@@ -9,19 +9,24 @@ import torch
 from minilora.lab.forgetting import (
     Recipe,
     Task,
-    best_lr,
+    at_level,
     finetune,
-    forgetting_at,
-    lr_sweep,
-    mean_trajectory,
+    forgetting_arm,
+    frontier,
     measure,
+    metrics_of,
+    points,
     prepare,
     prose_to_code,
-    source_loss_at,
-    summarize,
+    reachable,
+    trajectory,
+    value_at,
+    weight_drift,
+    weight_norm,
 )
 from minilora.lab.models import CharGPT, GPTConfig
-from minilora.lora import LoRALinear
+from minilora.lab.race import ArmResult, race
+from minilora.lora import LoRALinear, lora_layers
 from minilora.nf4 import Linear4bit
 
 TINY = GPTConfig(block_size=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
@@ -38,15 +43,13 @@ def task():
     # Two "domains" with different statistics: source cycles through a-z, target through 0-9.
     source = torch.arange(3000) % 26 + 67
     target = torch.arange(3000) % 10 + 18
-    return Task(target, target[:800], source[:800], steps=12, batch_size=4, eval_every=4)
+    return Task(
+        target, target[:800], source[:800], steps=12, batch_size=4, eval_every=4, eval_batches=2
+    )
 
 
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _run(target, source, label="x", lr=1e-3):
-    return {"label": label, "lr": lr, "target_loss": target, "source_loss": source}
 
 
 # --- recipes -------------------------------------------------------------------------------------
@@ -119,6 +122,17 @@ def test_prepare_seed_draws_the_same_adapter(base):
     assert not torch.equal(a.get_parameter(name), c.get_parameter(name))
 
 
+# --- task ----------------------------------------------------------------------------------------
+
+
+def test_task_wants_evaluations_that_divide_the_steps():
+    ids = torch.arange(500) % 10
+    with pytest.raises(ValueError, match="eval_every"):
+        Task(ids, ids, ids, steps=12, eval_every=5)
+    with pytest.raises(ValueError, match="eval_every"):
+        Task(ids, ids, ids, steps=0, eval_every=1)
+
+
 # --- finetune ------------------------------------------------------------------------------------
 
 
@@ -129,28 +143,55 @@ def test_finetune_returns_a_trajectory_from_the_base(base, task):
     start = measure(base, task)
     assert run["target_loss"][0] == pytest.approx(start["target_loss"])
     assert run["source_loss"][0] == pytest.approx(start["source_loss"])
+    assert run["drift"][0] == 0.0 and all(d > 0 for d in run["drift"][1:])
     assert run["target_loss"][-1] < run["target_loss"][0]  # it learned the target
     assert run["trainable"] == 4 * 2 * (16 + 16) + 2 * 2 * (16 + 32)  # r·(in + out) per layer
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    # a given start is used as step 0 as is (full FT and LoRA both start at the base)
+    again = finetune(base, Recipe("lora", 2), 1e-2, task, seed=0, start=start)
+    assert again["target_loss"][0] == start["target_loss"]
+    assert again["target_loss"][1:] == run["target_loss"][1:]
 
 
 def test_finetune_is_deterministic_given_the_seed(base, task):
     a = finetune(base, Recipe("full"), 3e-3, task, seed=1)
     b = finetune(base, Recipe("full"), 3e-3, task, seed=1)
     assert a["target_loss"] == b["target_loss"] and a["source_loss"] == b["source_loss"]
+    assert a["drift"] == b["drift"]
+
+
+def test_lora_is_evaluated_as_what_it_computes(base, task):
+    # finetune evaluates a merged copy of a LoRA model: the same losses as the unmerged model
+    run = finetune(base, Recipe("lora", 4), 1e-2, task, seed=0, keep_model=True)
+    now = measure(run["model"], task)
+    # float32 sums in another order: ~1e-6 relative; a real mismatch would be ≫ 1e-4
+    assert run["target_loss"][-1] == pytest.approx(now["target_loss"], rel=1e-4)
+    assert run["source_loss"][-1] == pytest.approx(now["source_loss"], rel=1e-4)
+
+
+def test_weight_drift_measures_w_minus_w0_over_the_block_layers(base, task):
+    full = finetune(base, Recipe("full"), 1e-2, task, keep_model=True)
+    expect = sum(
+        (full["model"].get_submodule(n).weight - m.weight).pow(2).sum().item()
+        for n, m in base.named_modules()
+        if n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+    )
+    assert full["drift"][-1] == pytest.approx(math.sqrt(expect), rel=1e-5)
+    assert weight_drift(full["model"], base) == pytest.approx(full["drift"][-1])
+    # LoRA: ΔW = s·B·A per layer; the head and embeddings are frozen anyway
+    lora = finetune(base, Recipe("lora", 2), 1e-2, task, keep_model=True)
+    layers = lora_layers(lora["model"])
+    expect = sum((m.scaling * m.lora_B @ m.lora_A).pow(2).sum().item() for m in layers.values())
+    assert lora["drift"][-1] == pytest.approx(math.sqrt(expect), rel=1e-5)
+    assert weight_drift(base, base) == 0.0
+    norm = math.sqrt(sum(m.base.weight.pow(2).sum().item() for m in layers.values()))
+    assert weight_norm(base) == pytest.approx(norm, rel=1e-6)
 
 
 def test_strong_l2sp_keeps_the_model_near_the_base(base, task):
-    free = finetune(base, Recipe("full"), 1e-2, task, keep_model=True)
-    held = finetune(base, Recipe("full", l2sp=100.0), 1e-2, task, keep_model=True)
-
-    def distance(model):
-        return sum(
-            (p - q).detach().pow(2).sum().item()
-            for p, q in zip(model.parameters(), base.parameters(), strict=True)
-        )
-
-    assert distance(held["model"]) < 0.1 * distance(free["model"])
+    free = finetune(base, Recipe("full"), 1e-2, task)
+    held = finetune(base, Recipe("full", l2sp=100.0), 1e-2, task)
+    assert held["drift"][-1] < 0.3 * free["drift"][-1]
 
 
 def test_finetune_rejects_a_bad_learning_rate(base, task):
@@ -158,56 +199,91 @@ def test_finetune_rejects_a_bad_learning_rate(base, task):
         finetune(base, Recipe("full"), 0.0, task)
 
 
-def test_lr_sweep_runs_each_recipe_at_each_rate_and_best_lr_picks_the_lowest_target(base, task):
-    runs = lr_sweep(base, [Recipe("full")], {"full": [1e-5, 3e-3]}, task, progress=False)
-    assert [(r["label"], r["lr"]) for r in runs] == [("full", 1e-5), ("full", 3e-3)]
-    assert best_lr(runs, "full") == 3e-3  # 1e-5 barely moves in 12 steps
-    with pytest.raises(ValueError, match="no learning rates"):
-        lr_sweep(base, [Recipe("lora", 2)], {"full": [1e-3]}, task)
-    with pytest.raises(ValueError, match="no runs"):
-        best_lr(runs, "LoRA r=2")
+# --- race arms and frontiers ---------------------------------------------------------------------
 
 
-# --- matched learning ----------------------------------------------------------------------------
+def test_metrics_of_and_trajectory_round_trip():
+    run = {
+        "step": [0, 5, 10],
+        "target_loss": [2.0, 1.8, 1.7],
+        "source_loss": [1.0, 1.1, 1.3],
+        "drift": [0.0, 0.5, 0.9],
+    }
+    m = metrics_of(run, base_source=1.0)
+    assert m["target_loss"] == 1.7 and m["forgetting"] == pytest.approx(0.3) and m["drift"] == 0.9
+    t = trajectory(m)
+    np.testing.assert_array_equal(t["step"], [0, 5, 10])
+    np.testing.assert_allclose(t["forgetting"], [0.0, 0.1, 0.3])
+    with pytest.raises(ValueError, match="trajectory"):
+        trajectory({"target_loss": 1.0})
 
 
-def test_source_loss_at_interpolates_the_first_crossing():
-    run = _run([2.0, 1.8, 1.6, 1.7, 1.4], [1.0, 1.2, 1.4, 1.3, 2.0])
-    assert source_loss_at(run, 2.5) == 1.0  # already there at the start
-    assert source_loss_at(run, 1.8) == pytest.approx(1.2)
-    assert source_loss_at(run, 1.7) == pytest.approx(1.3)  # halfway from 1.8 to 1.6
-    assert source_loss_at(run, 1.5) == pytest.approx(1.3 + (2 / 3) * 0.7)  # 1.7 → 1.4 crosses
-    assert math.isnan(source_loss_at(run, 1.0))
+def test_forgetting_arm_runs_in_a_race(base, task):
+    start = measure(base, task)
+    arm = forgetting_arm(base, Recipe("lora", 2), task, [3e-3, 1e-2, 3e-2], start)
+    result = race([arm], [0, 1], "target_loss", higher_is_better=False, widen=0, progress=False)
+    runs = result["LoRA r=2"].runs[1e-2]
+    assert len(runs) == 2 and runs[0] != runs[1]  # two seeds, different batches
+    t = trajectory(runs[0])
+    assert list(t["step"]) == [0, 4, 8, 12] and t["forgetting"][0] == 0.0
 
 
-def test_summarize_means_over_seeds():
-    runs = [
-        {**_run([2.0, 1.8], [1.0, 1.3]), "trainable": 5},
-        {**_run([2.0, 1.6], [1.0, 1.1]), "trainable": 5},
-    ]
-    row = summarize(runs, base_source=1.0)["x"]
-    assert row["n"] == 2 and row["trainable"] == 5 and row["lr"] == 1e-3
-    assert row["target"] == pytest.approx(1.7)
-    assert row["forgetting"] == pytest.approx(0.2)
-    assert (row["forgetting_min"], row["forgetting_max"]) == pytest.approx((0.1, 0.3))
+def _arm(trajectories):
+    """An ArmResult from {lr: [(targets, forgettings), ...one per seed]} (steps 0, 5, 10...)."""
+    arm = ArmResult("x", [0, 1], "target_loss", False)
+    for lr, seeds in trajectories.items():
+        arm.runs[lr] = []
+        for target, forget in seeds:
+            run = {"step": [5 * i for i in range(len(target))], "target_loss": target}
+            run["source_loss"] = [1.0 + f for f in forget]
+            run["drift"] = list(range(len(target)))
+            arm.runs[lr].append(metrics_of(run, base_source=1.0))
+    return arm
 
 
-def test_forgetting_at_and_mean_trajectory_group_runs_by_label():
-    runs = [
-        {**_run([2.0, 1.6], [1.0, 1.4], "a"), "step": [0, 10]},
-        {**_run([2.0, 1.6], [1.0, 1.2], "a"), "step": [0, 10]},
-        {**_run([2.0, 1.9], [1.0, 1.1], "b"), "step": [0, 10]},
-    ]
-    at = forgetting_at(runs, 1.8, base_source=1.0)
-    assert at["a"] == pytest.approx((0.15, 0.1, 0.2))  # halfway along each run
-    assert math.isnan(at["b"][0])  # b never reached 1.8
-    mean = mean_trajectory(runs)["a"]
-    np.testing.assert_allclose(mean["source_loss"], [1.0, 1.3])
-    with pytest.raises(ValueError, match="different steps"):
-        mean_trajectory([*runs, {**runs[0], "step": [0, 5]}])
+def test_value_at_interpolates_the_first_crossing():
+    target, source = [2.0, 1.8, 1.6, 1.7, 1.4], [1.0, 1.2, 1.4, 1.3, 2.0]
+    assert value_at(target, source, 2.5) == 1.0  # already there at the start
+    assert value_at(target, source, 1.8) == pytest.approx(1.2)
+    assert value_at(target, source, 1.7) == pytest.approx(1.3)  # halfway from 1.8 to 1.6
+    assert value_at(target, source, 1.5) == pytest.approx(1.3 + (2 / 3) * 0.7)  # 1.7 → 1.4
+    assert math.isnan(value_at(target, source, 1.0))
+
+
+def test_at_level_takes_the_least_forgetting_over_rates_per_seed():
+    arm = _arm(
+        {
+            1e-3: [([2.0, 1.9, 1.8], [0.0, 0.1, 0.2]), ([2.0, 1.95, 1.9], [0.0, 0.0, 0.1])],
+            1e-2: [([2.0, 1.6, 1.5], [0.0, 0.6, 0.7]), ([2.0, 1.7, 1.6], [0.0, 0.3, 0.4])],
+        }
+    )
+    # seed 0 reaches 1.8 at lr 1e-3 with 0.2, and at lr 1e-2 half-way to step 5 with 0.3: 0.2.
+    # Seed 1 reaches it only at lr 1e-2, 2/3 of the way to step 5: 0.3 · 2/3.
+    np.testing.assert_allclose(at_level(arm, 1.8), [0.2, 0.2])
+    np.testing.assert_allclose(at_level(arm, 1.5), [0.7, np.nan])
+    # drift (0, 1, 2 at steps 0, 5, 10): the least over rates, seed by seed
+    np.testing.assert_allclose(at_level(arm, 1.8, "drift"), [0.5, 2 / 3])
+    assert reachable(arm) == pytest.approx(1.6)  # seed 1 never got below 1.6
+
+
+def test_points_and_frontier():
+    arm = _arm(
+        {
+            1e-3: [([2.0, 1.9, 1.8], [0.0, 0.1, 0.2])] * 2,
+            1e-2: [([2.0, 1.7, 1.5], [0.0, 0.4, 0.3])] * 2,
+        }
+    )
+    pts = points(arm)
+    assert len(pts["target"]) == 6 and list(pts["lr"]) == [1e-3] * 3 + [1e-2] * 3
+    front = frontier(arm)
+    # (1.7, 0.4) is beaten by (1.5, 0.3); the two starts tie, one is kept
+    np.testing.assert_allclose(front["target"], [1.5, 1.8, 1.9, 2.0])
+    np.testing.assert_allclose(front["forgetting"], [0.3, 0.2, 0.1, 0.0])
+    one = points(arm, seed=1)
+    np.testing.assert_allclose(one["target"], pts["target"])
 
 
 def test_prose_to_code_loads_the_two_domains():
-    task = prose_to_code(steps=5)
+    task = prose_to_code(steps=5, eval_every=5)
     assert task.steps == 5 and len(task.target_train) > 100_000
     assert len(task.source_val) > 10_000 and len(task.target_val) > 10_000
