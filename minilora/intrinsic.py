@@ -37,6 +37,7 @@ like any other model.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -52,25 +53,35 @@ def hadamard_transform(v: torch.Tensor) -> torch.Tensor:
     the second, and so on: a few small matmuls, O(n·(a + b + ...)) work instead of n², and no
     n × n matrix in memory. Factors of 64 keep the matmuls small and the loop short (three
     rounds for n = 2^17), which on a CPU beats the textbook log2(n) rounds of additions.
+    Each axis is transformed in place of its neighbours (viewing v as pre × m × post and
+    multiplying by H_m from the left, batched over pre), so no round copies v into a new layout.
     """
     n = v.shape[-1]
     if v.dim() != 1 or n < 1 or n & (n - 1):
         raise ValueError(f"the Hadamard transform needs a 1-D power-of-two length, got {n}")
     bits = n.bit_length() - 1
     sizes = [1 << min(HADAMARD_BLOCK_BITS, bits - i) for i in range(0, bits, HADAMARD_BLOCK_BITS)]
-    x = v.reshape(sizes) if sizes else v
-    for _ in sizes:
-        m = x.shape[-1]
-        x = (x.reshape(-1, m) @ _small_hadamard(m, v.dtype, v.device)).reshape(x.shape)
-        x = x.permute(-1, *range(x.dim() - 1))  # the axis just transformed goes to the front
+    x, pre = v, 1
+    for m in sizes:
+        post = n // (pre * m)
+        h = _small_hadamard(m, v.dtype, v.device)
+        if post == 1:  # the last axis: rows of length m times H_m (symmetric)
+            x = x.reshape(pre, m) @ h
+        else:  # H_m along the middle axis of pre × m × post, batched over pre
+            x = torch.matmul(h, x.reshape(pre, m, post))
+        pre *= m
     return x.reshape(n)
 
 
 HADAMARD_BLOCK_BITS = 6  # Kronecker factors of size 2**6 = 64
 
 
+@functools.lru_cache(maxsize=32)
 def _small_hadamard(m: int, dtype, device) -> torch.Tensor:
-    """The m × m Sylvester–Hadamard matrix: H_1 = [1], H_2m = [[H, H], [H, -H]] (symmetric)."""
+    """The m × m Sylvester–Hadamard matrix: H_1 = [1], H_2m = [[H, H], [H, -H]] (symmetric).
+
+    Cached: every training step needs the same few; callers never modify it.
+    """
     h = torch.ones(1, 1, dtype=dtype, device=device)
     while h.shape[0] < m:
         h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
@@ -105,8 +116,7 @@ class FastfoodProjection(nn.Module):
     def forward(self, theta_d: torch.Tensor) -> torch.Tensor:
         if theta_d.shape != (self.d,):
             raise ValueError(f"theta_d must have shape ({self.d},), got {tuple(theta_d.shape)}")
-        v = torch.zeros(self.n, dtype=theta_d.dtype, device=theta_d.device)
-        v = v.index_copy(0, torch.arange(self.d, device=theta_d.device), theta_d)  # pad(θ_d)
+        v = nn.functional.pad(theta_d, (0, self.n - self.d))  # pad(θ_d) with zeros
         v = hadamard_transform(self.signs.to(v.dtype) * v)  # H·B
         v = self.gauss.to(v.dtype) * v[self.perm]  # G·Π
         return hadamard_transform(v)[: self.D] / self.norm  # H, keep D rows, columns of length ≈ 1
