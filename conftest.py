@@ -32,6 +32,8 @@ def pytest_runtest_setup(item):
     path = item.nodeid.split("::")[0]
     if path.endswith(".ipynb"):
         os.environ["MINILORA_NOTEBOOK"] = Path(path).stem
+    else:  # kernels a test starts (the browser test's JupyterLab) are not the chapter's run
+        os.environ.pop("MINILORA_NOTEBOOK", None)
 
 
 def pytest_runtest_logreport(report):

@@ -129,3 +129,13 @@ def test_claim_returns_its_margin_and_records_it(tmp_path, monkeypatch):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["claim"] for r in records] == ["gap", "loss", "too big", "nan"]
     assert records[0]["notebook"] == "07_rank_sweeps" and records[2]["margin"] == -1.0
+
+
+def test_claim_outside_a_chapter_run_is_not_recorded(tmp_path, monkeypatch):
+    log = tmp_path / "claims.jsonl"
+    monkeypatch.setenv("MINILORA_CLAIMS", str(log))
+    monkeypatch.delenv("MINILORA_NOTEBOOK", raising=False)
+    assert claim("gap", 0.03, ">", -0.02) == pytest.approx(0.05)  # still asserted
+    with pytest.raises(AssertionError):
+        claim("too big", 2.0, "<", 1.0)
+    assert not log.exists()

@@ -266,16 +266,17 @@ def claim(name: str, value: float, op: str, bound: float) -> float:
     The margin is how far the value sits inside the bound (``value - bound`` for > and >=,
     ``bound - value`` for < and <=). If the environment variable ``MINILORA_CLAIMS`` names a file,
     one JSON line is appended to it (chapter, claim, value, bound, margin) for the harness's
-    report; ``MINILORA_NOTEBOOK`` names the chapter (set by the test runner).
+    report; ``MINILORA_NOTEBOOK`` names the chapter (set by the test runner). Without it nothing
+    is recorded, so a kernel that another test starts cannot pose as a chapter's run.
     """
     if op not in _OPS:
         raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
     value, bound = float(value), float(bound)
     margin = value - bound if op in (">", ">=") else bound - value
-    path = os.environ.get("MINILORA_CLAIMS")
-    if path:
+    path, notebook = os.environ.get("MINILORA_CLAIMS"), os.environ.get("MINILORA_NOTEBOOK")
+    if path and notebook:
         record = {
-            "notebook": os.environ.get("MINILORA_NOTEBOOK", "?"),
+            "notebook": notebook,
             "claim": name,
             "value": value,
             "op": op,
