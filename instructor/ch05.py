@@ -20,7 +20,9 @@ seeds 0, 1, 7):
    relative error is 0.95; the whole-matrix relative error (0.15) hides this, because the outliers
    (stored exactly, as their block's absmax) dominate ‖W‖. Blocks of 32 halve the damage (0.67).
 4. ``partial_quantization``: quantize only q, k, v (or only the MLP) of a fresh MiniLM and measure
-   1 − cos(fp32, 4-bit) of the sentence embeddings: the MLP layers cause most of the change.
+   1 − cos(fp32, 4-bit) of the sentence embeddings: q, k, v alone 0.0072, the MLP alone 0.0148,
+   every Linear layer 0.0263. The MLP layers (two thirds of the Linear weights, and the
+   heavy-tailed ``output.dense``) cause more than half of the change.
 """
 
 from __future__ import annotations
