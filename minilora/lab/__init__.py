@@ -8,6 +8,8 @@
 - ``race``: the fair-race protocol every trained comparison uses, and ``claim`` (the assert on
   a trained number that records its margin for ``make robust``).
 - ``analysis`` (chapter 07) and ``forgetting`` (chapter 08).
+- ``memory`` (chapter 06): activation bytes, measured on real tensors and counted for a
+  LLaMA-style decoder.
 - ``smollm`` (chapter 11): SmolLM2-135M-Instruct read from its installed GGUF file, chat,
   supervised fine-tuning on the reply tokens, perplexity; the chapter's small data sets.
 
