@@ -243,6 +243,39 @@ def race(
     return Race(results)
 
 
+def arm_together(
+    name: str,
+    train_many: Callable[[list[tuple[float, int]]], Sequence[Metrics]],
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+) -> Arm:
+    """An ``Arm`` whose runs are trained together (e.g. with ``train_classifiers_together``).
+
+    ``train_many(runs)`` takes a list of ``(lr, seed)`` and returns one metrics dict per run, in
+    order. The arm's first run trains its whole grid × ``seeds`` in one call and keeps the
+    results; a rate that ``race`` adds beyond a grid edge is trained with every seed in one more
+    call. ``race`` sees an ordinary arm: the protocol (grid, widening, seeds, pairing) is unchanged.
+    """
+    done: dict[tuple[float, int], Metrics] = {}
+    grid, seeds = list(lrs), list(seeds)
+
+    def train(lr: float, seed: int) -> Metrics:
+        if (lr, seed) not in done:
+            rates = grid if lr in grid else [lr]
+            todo = [(r, s) for r in rates for s in seeds if (r, s) not in done]
+            if (lr, seed) not in todo:
+                todo.append((lr, seed))
+            results = list(train_many(todo))
+            if len(results) != len(todo):
+                raise ValueError(
+                    f"arm {name!r}: train_many returned {len(results)} results for {len(todo)} runs"
+                )
+            done.update(zip(todo, results, strict=True))
+        return done[lr, seed]
+
+    return Arm(name, train, lrs)
+
+
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats on both x and y (lower is better on both).
 
