@@ -46,9 +46,9 @@ REDRAW_BOUND_S = 2.0
 MOVES = ("ArrowRight", "ArrowLeft", "ArrowRight")
 RUN_ALL_TIMEOUT_S = float(os.environ.get("MINILORA_RUN_ALL_TIMEOUT", 240))
 # Chapters whose Run All needs longer. 11 loads and trains a 135M-parameter model: its cells take
-# ~400 s on this 2-core machine while two other notebooks run beside it (~250 s idle), and Run All
-# in the browser took BROWSER_S s under that load; 720 s leaves room for CI's second test worker.
-SLOW_CHAPTERS_S = {"11": 720.0}
+# 400-820 s on a 2-core machine running two to five other notebooks beside it (~250 s of CPU time
+# alone), and the whole browser test for it took 949 s with four other notebooks running.
+SLOW_CHAPTERS_S = {"11": 1200.0}
 OUT_DIR = ROOT / "test-output" / "browser"
 TIMINGS: dict[str, list[float]] = {}
 
