@@ -1,12 +1,14 @@
 """Worked solutions to chapter 11's exercises (QLoRA on SmolLM2-135M-Instruct).
 
-Exercise 2 has a number for an answer (checked in tests/test_instructor_ch11.py); exercises 1 and
-3 are experiments, whose solution is the code below (run it, then read the numbers).
+Exercises 1, 2 and 4 have numbers for answers (checked in tests/test_instructor_ch11.py);
+exercise 3 and the runs of 1 and 4 are experiments, whose solution is the code below (run it, then
+read the numbers).
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 import torch
 
@@ -24,6 +26,7 @@ SHAPES = {
     "down_proj": (1536, 576),
 }
 N_BLOCKS = 30
+N_PARAMS = 134_515_008  # the whole model, the tied embedding counted once
 
 
 def trainable_for_rank(r: int) -> int:
@@ -40,23 +43,33 @@ def four_bit_base():
     return quantize_model(smollm.load_smollm()[0], target_modules=[re.compile(r".*_proj")])
 
 
-def lr_sweep(lrs=(3e-4, 1e-3, 3e-3), seed=0, steps=10, r=8, alpha=16):
-    """Exercise 1: format, correctness and perplexity after training at each learning rate."""
+def system_line_tokens(tokenizer, question: str = "What is the capital of Greece?") -> int:
+    """Exercise 1: how many tokens the template's default system line adds to every prompt (16)."""
+    default = smollm.chat_prompt(tokenizer, question, system=None)
+    empty = smollm.chat_prompt(tokenizer, question)
+    return len(tokenizer(default)["input_ids"]) - len(tokenizer(empty)["input_ids"])
+
+
+def step_seconds_with_and_without_system_line(steps=4, batch_size=2, seed=0, r=8, alpha=16):
+    """Exercise 1: seconds per QLoRA step with the empty and with the default system line.
+
+    Expect a ratio near the token ratio (~45/29 ≈ 1.5): the cost of a step is the tokens it runs.
+    """
     model, tokenizer = four_bit_base(), smollm.load_smollm()[1]
-    train, test = smollm.json_answer_data()
-    text = smollm.general_text()
-    results = {}
-    for lr in lrs:
-        torch.manual_seed(seed)
-        add_lora(model, list(smollm.PROJ), r=r, alpha=alpha)
-        smollm.train_adapter(model, tokenizer, train, steps, lr, seed, progress=False)
-        replies = smollm.generate(model, tokenizer, [row["question"] for row in test], 16)
-        results[lr] = {
-            **smollm.score_replies(replies, test),
-            "perplexity": smollm.perplexity(model, tokenizer, text),
-        }
-        unload_lora(model)
-    return results
+    train, _ = smollm.json_answer_data()
+    seconds = {}
+    for label, system in (("empty", ""), ("default", None)):
+        saved, smollm.SYSTEM = smollm.SYSTEM, system
+        try:
+            torch.manual_seed(seed)
+            add_lora(model, list(smollm.PROJ), r=r, alpha=alpha)
+            start = time.perf_counter()
+            smollm.train_adapter(model, tokenizer, train, steps, 3e-3, seed, batch_size, False)
+            seconds[label] = (time.perf_counter() - start) / steps
+            unload_lora(model)
+        finally:
+            smollm.SYSTEM = saved
+    return seconds
 
 
 def wrong_answers(model, tokenizer):
@@ -77,3 +90,49 @@ def wrong_answers(model, tokenizer):
         for row, reply, base in zip(test, replies, plain, strict=True)
         if (smollm.parse_json_answer(reply) or "").strip().lower() != row["answer"].lower()
     ]
+
+
+def full_finetuning_state_bytes(n_params: int = N_PARAMS) -> dict[str, int]:
+    """Exercise 4: what full fine-tuning adds over LoRA in fp32 with AdamW (chapter 03's rule).
+
+    Every parameter gets a gradient (4 bytes) and two Adam moments (8 bytes): 12 bytes per
+    parameter on top of the fp32 weights, ≈ 1.6 GB for SmolLM2-135M, against 12 bytes × 2.44 M
+    ≈ 29 MB for the rank-8 adapters.
+    """
+    return {
+        "gradients": 4 * n_params,
+        "adam_moments": 8 * n_params,
+        "lora_r8_total": 12 * trainable_for_rank(8),
+    }
+
+
+def full_finetuning_arm(keep: dict, lrs=(1e-5, 3e-5, 1e-4), steps=8, batch_size=2):
+    """Exercise 4: full fine-tuning as a third arm of the chapter's race (same data and steps).
+
+    Every parameter of a fresh fp32 copy trains (the copy is made per run, so runs are
+    independent); the held-out answer loss is the selection metric, as for the other arms. Run
+    ``race([full_finetuning_arm(keep)], SEEDS, "answer_loss", higher_is_better=False)`` and compare
+    with the chapter's arms; expect each step to cost several times a LoRA step (the weight
+    gradients of every matrix, and AdamW over 134.5 M numbers).
+    """
+    from minilora.lab.race import Arm
+
+    tokenizer = smollm.load_smollm()[1]
+    train, test = smollm.json_answer_data()
+
+    def run(lr, seed):
+        torch.manual_seed(seed)
+        model = smollm.load_smollm()[0].requires_grad_(True)
+        start = time.perf_counter()
+        losses = smollm.train_adapter(model, tokenizer, train, steps, lr, seed, batch_size, False)
+        seconds = (time.perf_counter() - start) / steps
+        keep[("full", lr, seed)] = {
+            "perplexity": smollm.perplexity(model, tokenizer, smollm.general_text())
+        }
+        return {
+            "answer_loss": smollm.answer_loss(model, tokenizer, test),
+            "train_loss": losses[-1],
+            "seconds_per_step": seconds,
+        }
+
+    return Arm("full", run, lrs)

@@ -45,6 +45,10 @@ CHROMIUM_FLAGS = [
 REDRAW_BOUND_S = 2.0
 MOVES = ("ArrowRight", "ArrowLeft", "ArrowRight")
 RUN_ALL_TIMEOUT_S = float(os.environ.get("MINILORA_RUN_ALL_TIMEOUT", 240))
+# Chapters whose Run All needs longer. 11 loads and trains a 135M-parameter model: its cells take
+# 400-820 s on a 2-core machine running two to five other notebooks beside it (~250 s of CPU time
+# alone), and the whole browser test for it took 949 s with four other notebooks running.
+SLOW_CHAPTERS_S = {"11": 1200.0}
 OUT_DIR = ROOT / "test-output" / "browser"
 TIMINGS: dict[str, list[float]] = {}
 
@@ -60,6 +64,11 @@ def slider_notebooks() -> list[Path]:
         if "slider" in code:
             found.append(path)
     return found
+
+
+def run_all_timeout(notebook: Path) -> float:
+    """Seconds Run All may take: the default, or more for a chapter listed in SLOW_CHAPTERS_S."""
+    return max(RUN_ALL_TIMEOUT_S, SLOW_CHAPTERS_S.get(notebook.stem[:2], 0.0))
 
 
 def _browser_missing_reason() -> str | None:
@@ -214,7 +223,7 @@ def test_chapter_runs_and_sliders_redraw_in_the_browser(notebook, lab, browser):
         # Run > Run All Cells (the runmenu:run-all command)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        _wait_idle_and_done(page, RUN_ALL_TIMEOUT_S)
+        _wait_idle_and_done(page, run_all_timeout(notebook))
 
         # Save, then read the executed notebook back: no cell may end in an error.
         page.keyboard.press("Control+s")
@@ -262,4 +271,6 @@ def test_chapter_runs_and_sliders_redraw_in_the_browser(notebook, lab, browser):
 def test_every_slider_chapter_is_found():
     """The parametrization above must not silently shrink: these chapters have sliders."""
     stems = {p.stem[:2] for p in slider_notebooks()}
-    assert {"01", "03", "04", "05", "07", "08"} <= stems, f"slider chapters found: {sorted(stems)}"
+    assert {"01", "03", "04", "05", "07", "08", "11"} <= stems, (
+        f"slider chapters found: {sorted(stems)}"
+    )

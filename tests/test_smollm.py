@@ -131,3 +131,49 @@ def test_an_adapter_saved_and_reloaded_onto_a_fresh_4_bit_base_gives_the_same_an
     assert smollm.generate(fresh, tokenizer, questions, max_new_tokens=6) == answers
     with torch.no_grad(), disable_lora(fresh):
         assert torch.equal(fresh(**batch).logits, base_logits)
+
+
+def test_answer_loss_is_the_training_loss_on_reply_tokens_only(base, tokenizer):
+    rows = [
+        {"question": "What is 2 plus 3?", "answer": "5"},
+        {"question": "Hi?", "answer": "hello"},
+    ]
+    ids, mask, labels = smollm.tokenize_pairs(tokenizer, rows)
+    with torch.no_grad():
+        full = base(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    # the same mean cross-entropy, with the output head applied to the reply positions only:
+    # float32 sums of ~10 terms in another order agree to ~1e-6 relative
+    assert smollm.answer_loss(base, tokenizer, rows) == pytest.approx(full, rel=1e-5)
+
+
+def test_a_chat_prompt_has_the_empty_system_line_unless_asked_for_the_default(tokenizer):
+    short = smollm.chat_prompt(tokenizer, "Hi?")
+    default = smollm.chat_prompt(tokenizer, "Hi?", system=None)
+    assert "<|im_start|>system\n<|im_end|>" in short and "SmolLM" in default
+    assert len(tokenizer(default)["input_ids"]) - len(tokenizer(short)["input_ids"]) == 16
+
+
+def test_an_adapter_arm_keeps_its_adapter_and_lora_scale_fades_it(base, tokenizer):
+    model = smollm.load_smollm()[0]
+    train, test = smollm.json_answer_data()
+    keep = {}
+    arm = smollm.adapter_arm("a", model, tokenizer, train, test[:4], [1e-3], 1, 2, 2, 4, keep)
+    metrics = arm.train(1e-3, 0)
+    assert set(metrics) == {"answer_loss", "train_loss", "seconds_per_step"}
+    assert not lora_layers(model)  # the base is left as it was
+    kept = keep["a", 1e-3, 0]
+    assert len(kept["losses"]) == 1 and len(kept["adapter"]) == 2 * 7 * 30
+    smollm.with_adapter(model, kept["adapter"], 2, 4)
+    assert smollm.answer_loss(model, tokenizer, test[:4]) == metrics["answer_loss"]
+    batch = tokenizer(["What is the capital of Italy?"], return_tensors="pt")
+    with torch.no_grad():
+        adapted = model(**batch).logits
+        with disable_lora(model):
+            plain = model(**batch).logits
+        with smollm.lora_scale(model, 0.0):
+            assert torch.equal(model(**batch).logits, plain)  # s = 0: exactly the base
+        with smollm.lora_scale(model, 0.5):
+            half = model(**batch).logits
+        assert torch.equal(model(**batch).logits, adapted)  # scaling restored on exit
+    assert 0 < (half - plain).abs().max() < (adapted - plain).abs().max()
+    assert {layer.scaling for layer in lora_layers(model).values()} == {2.0}

