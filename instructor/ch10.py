@@ -18,8 +18,8 @@ rsLoRA "wins" at every rank from r = 8 up, by 0.4–0.5 nats at r = 128 (seeds 0
 α/√r 0.30; seeds 3–5: 0.83 vs 0.28), and α/r even looks *worse* at r = 128 than at r = 8. The
 comparison is unfair because one rate cannot be right for both rules: 1e-2 is near α/√r's best
 rate but the bottom of α/r's grid, below α/r's best at high rank (the chapter's grid table), so
-it measures which rule was handed the better rate, not which rule is better. In the chapter's race (best against best)
-the rules tie at r = 2 and 8. Grid table: α/√r's best rate moves from 1e-2 (r = 2) to 3e-3
+it measures which rule was handed the better rate, not which rule is better. In the chapter's
+race (best against best) the rules tie at r = 2 and 8. Grid table: α/√r's best rate moves from 1e-2 (r = 2) to 3e-3
 (r = 128), a factor ≈ 3.3, one grid step (resolution ×3). Under Adam, B's entries move ≈ lr per
 step, and ΔW = s·B·A sums r such rank-one moves: if they added up coherently the step in ΔW would
 grow as s·r = α·√r and the best rate would fall √(128/2) = 8×; if they added up like random
