@@ -23,7 +23,8 @@ race (best against best) the rules tie at r = 2 and 8. Grid table: α/√r's bes
 1e-2 (r = 2) to 3e-3 (r = 128), a factor ≈ 3.3, one grid step (resolution ×3). Under Adam, B's
 entries move ≈ lr per step, and ΔW = s·B·A sums r such rank-one moves: if they added up coherently
 the step in ΔW would grow as s·r = α·√r and the best rate would fall √(128/2) = 8×; if they added
-up like random signs, as s·√r = α, and the best rate would not move at all. The measured ×3.3 lies between.
+up like random signs, as s·√r = α, and the best rate would not move at all. The measured ×3.3
+lies between.
 
 Exercise 4 (merge into a float32 copy of the dequantized base). Merging ΔW into fp32 weights that
 hold exactly the dequantized 4-bit values changes the logits only by float32 rounding (measured
