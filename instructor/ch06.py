@@ -104,16 +104,25 @@ def rank_gap(r: int, seeds=(0, 1, 2), steps: int = 400) -> dict[str, float]:
     """
     arms = [Arm(a, _digits_trainer(a, r, steps), LRS) for a in ("lora", "qlora")]
     res = race(arms, seeds, "val acc")
-    gap = res.paired("qlora", "lora", "val acc")
+    return {**_paired(res, "qlora", "lora"), "noise_lora": _noise(res, "lora"),
+            "noise_qlora": _noise(res, "qlora")}  # fmt: skip
+
+
+def _paired(res, a: str, b: str) -> dict:
+    """a − b paired by seed (mean, seed range), the verdict, and any best rate on an edge."""
+    gap = res.paired(a, b, "val acc")
     return {
         "gap": float(gap.mean),
         "gap_min": float(min(gap.values)),
         "gap_max": float(max(gap.values)),
-        "noise_lora": float(np.ptp(res["lora"].values("val acc"))),
-        "noise_qlora": float(np.ptp(res["qlora"].values("val acc"))),
         "at_edge": any(arm.at_edge for arm in res),
-        "verdict": res.verdict("qlora", "lora", "val acc", tie=0.01),
+        "verdict": res.verdict(a, b, "val acc", tie=0.01),
     }
+
+
+def _noise(res, arm: str) -> float:
+    """The arm's seed noise: the range of its accuracy over seeds at its best rate."""
+    return float(np.ptp(res[arm].values("val acc")))
 
 
 # --- exercise 2: the block size -------------------------------------------------------------------
@@ -193,15 +202,7 @@ def head_race(seeds=(0, 1, 2), steps: int = 400) -> dict[str, float]:
         Arm("fp32 head", _digits_trainer("qlora", 8, steps, quantize_head=False), LRS),
     ]
     res = race(arms, seeds, "val acc")
-    gap = res.paired("fp32 head", "qlora", "val acc")
-    return {
-        "gap": float(gap.mean),
-        "gap_min": float(min(gap.values)),
-        "gap_max": float(max(gap.values)),
-        "noise": float(np.ptp(res["qlora"].values("val acc"))),
-        "at_edge": any(a.at_edge for a in res),
-        "verdict": res.verdict("fp32 head", "qlora", "val acc", tie=0.01),
-    }
+    return {**_paired(res, "fp32 head", "qlora"), "noise": _noise(res, "qlora")}
 
 
 # --- exercise 5: when activations outgrow QLoRA's weights -----------------------------------------

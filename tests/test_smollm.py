@@ -11,6 +11,7 @@ from minilora import (
     add_lora,
     disable_lora,
     lora_layers,
+    merge_lora,
     quantize_model,
     save_adapter,
 )
@@ -153,7 +154,7 @@ def test_a_chat_prompt_has_the_empty_system_line_unless_asked_for_the_default(to
     assert len(tokenizer(default)["input_ids"]) - len(tokenizer(short)["input_ids"]) == 16
 
 
-def test_an_adapter_arm_keeps_its_adapter_and_lora_scale_fades_it(base, tokenizer):
+def test_an_adapter_arm_keeps_its_adapter_and_scale_lora_fades_it(base, tokenizer):
     model = smollm.load_smollm()[0]
     train, test = smollm.json_answer_data()
     keep = {}
@@ -170,10 +171,28 @@ def test_an_adapter_arm_keeps_its_adapter_and_lora_scale_fades_it(base, tokenize
         adapted = model(**batch).logits
         with disable_lora(model):
             plain = model(**batch).logits
-        with smollm.lora_scale(model, 0.0):
+        with smollm.scale_lora(model, 0.0):
             assert torch.equal(model(**batch).logits, plain)  # s = 0: exactly the base
-        with smollm.lora_scale(model, 0.5):
+        with smollm.scale_lora(model, 0.5):
             half = model(**batch).logits
         assert torch.equal(model(**batch).logits, adapted)  # scaling restored on exit
     assert 0 < (half - plain).abs().max() < (adapted - plain).abs().max()
     assert {layer.scaling for layer in lora_layers(model).values()} == {2.0}
+
+
+def test_scale_lora_refuses_merged_adapters_and_non_finite_scales():
+    # merged: ΔW is inside the base weight, so a new scaling would silently change nothing
+    model = add_lora(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)), ["0"])
+    merge_lora(model, unload=False)
+    before = {n: layer.scaling for n, layer in lora_layers(model).items()}
+    with pytest.raises(ValueError, match="merged"), smollm.scale_lora(model, 0.5):
+        pass
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"), smollm.scale_lora(model, bad):
+            pass
+    assert {n: layer.scaling for n, layer in lora_layers(model).items()} == before
+    with (
+        pytest.raises(ValueError, match="no LoRA layers"),
+        smollm.scale_lora(torch.nn.Linear(2, 2), 1.0),
+    ):
+        pass

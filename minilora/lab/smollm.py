@@ -17,7 +17,7 @@ already 4-bit model.
 - ``tokenize_pairs``/``train_adapter``/``answer_loss``: supervised fine-tuning (loss on the reply
   only) and its teacher-forced held-out loss, cheap enough to pick a learning rate with.
 - ``adapter_arm``: an arm of a fair race (``minilora.lab.race``) that keeps every adapter it trains.
-- ``lora_scale``: the adapters' contribution times s at inference (0 = the base, 1 = as trained).
+- ``scale_lora``: the adapters' contribution times s at inference (0 = the base, 1 = as trained).
 - ``perplexity``: on held-out general text (``general_text()``), what fine-tuning forgot.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 from functools import cache
 from pathlib import Path
@@ -283,26 +284,31 @@ def with_adapter(model, tensors: dict, r: int, alpha: float):
 
 
 @contextlib.contextmanager
-def lora_scale(model, s: float):
-    """Inside ``with lora_scale(model, s):`` every adapter adds s times its trained contribution.
+def scale_lora(model, s: float):
+    """Inside ``with scale_lora(model, s):`` every adapter adds s times its trained contribution.
 
     y = base(x) + s · scaling · x·Aᵀ·Bᵀ: s = 0 computes exactly what the base computes (the added
     term is exactly zero), s = 1 is the adapter as trained. Each layer's ``scaling`` is restored
-    on exit, so the package's layers are left as they were.
+    on exit, so the package's layers are left as they were. A merged layer is refused: its ΔW
+    already sits inside the base weight, so changing ``scaling`` would silently change nothing.
     """
     from minilora import lora_layers
 
-    layers = list(lora_layers(model).values())
+    if not math.isfinite(s):
+        raise ValueError(f"the adapter scale must be a finite number, got {s}")
+    layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to scale")
-    saved = [layer.scaling for layer in layers]
-    for layer, scaling in zip(layers, saved, strict=True):
-        layer.scaling = scaling * float(s)
+    if merged := [name for name, layer in layers.items() if layer.merged]:
+        raise ValueError(f"cannot scale merged adapters (unmerge_lora first): {merged[:3]}")
+    saved = {name: layer.scaling for name, layer in layers.items()}
+    for name, layer in layers.items():
+        layer.scaling = saved[name] * float(s)
     try:
         yield model
     finally:
-        for layer, scaling in zip(layers, saved, strict=True):
-            layer.scaling = scaling
+        for name, layer in layers.items():
+            layer.scaling = saved[name]
 
 
 @torch.no_grad()
