@@ -64,3 +64,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- chapter 08's machinery in miniature (tests/test_forgetting.py, tests/test_instructor_ch08.py)
+
+
+@pytest.fixture
+def tiny_char_gpt():
+    """A one-block char-GPT, seeded: small enough to fine-tune in a unit test."""
+    from minilora.lab.models import CharGPT, GPTConfig
+
+    torch.manual_seed(0)
+    return CharGPT(GPTConfig(block_size=16, n_layer=1, n_head=2, d_model=16, d_ff=32)).eval()
+
+
+@pytest.fixture
+def two_domain_task():
+    """``make(steps)`` → a forgetting Task on two token streams with different statistics: the
+    source "domain" cycles through a-z, the target through 0-9."""
+    from minilora.lab.forgetting import Task
+
+    source = torch.arange(3000) % 26 + 67
+    target = torch.arange(3000) % 10 + 18
+
+    def make(steps: int) -> Task:
+        return Task(target, target[:800], source[:800], steps=steps, batch_size=4, eval_every=4,
+                    eval_batches=2)  # fmt: skip
+
+    return make

@@ -24,28 +24,19 @@ from minilora.lab.forgetting import (
     weight_drift,
     weight_norm,
 )
-from minilora.lab.models import CharGPT, GPTConfig
 from minilora.lab.race import ArmResult, race
 from minilora.lora import LoRALinear, lora_layers
 from minilora.nf4 import Linear4bit
 
-TINY = GPTConfig(block_size=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
+
+@pytest.fixture
+def base(tiny_char_gpt):
+    return tiny_char_gpt
 
 
 @pytest.fixture
-def base():
-    torch.manual_seed(0)
-    return CharGPT(TINY).eval()
-
-
-@pytest.fixture
-def task():
-    # Two "domains" with different statistics: source cycles through a-z, target through 0-9.
-    source = torch.arange(3000) % 26 + 67
-    target = torch.arange(3000) % 10 + 18
-    return Task(
-        target, target[:800], source[:800], steps=12, batch_size=4, eval_every=4, eval_batches=2
-    )
+def task(two_domain_task):
+    return two_domain_task(steps=12)
 
 
 def _state(model):
@@ -97,7 +88,7 @@ def test_prepare_full_trains_everything_and_leaves_base_alone(base):
 def test_prepare_lora_adapts_every_block_linear_and_freezes_the_rest(base):
     model = prepare(base, Recipe("lora", 4))
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-    assert len(wrapped) == 6 * TINY.n_layer
+    assert len(wrapped) == 6 * base.config.n_layer
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert all(m.scaling == 2.0 for m in model.modules() if isinstance(m, LoRALinear))

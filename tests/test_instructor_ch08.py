@@ -10,25 +10,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the instructor/ folder
 
 from instructor import ch08  # noqa: E402
-from minilora.lab.forgetting import Recipe, Task, finetune, measure, prepare  # noqa: E402
-from minilora.lab.models import CharGPT, GPTConfig  # noqa: E402
+from minilora.lab.forgetting import Recipe, finetune, measure, prepare  # noqa: E402
 from minilora.lab.race import pareto_front  # noqa: E402
 
-TINY = GPTConfig(block_size=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
+
+@pytest.fixture
+def base(tiny_char_gpt):
+    return tiny_char_gpt
 
 
 @pytest.fixture
-def base():
-    torch.manual_seed(0)
-    return CharGPT(TINY).eval()
-
-
-@pytest.fixture
-def task():
-    source = torch.arange(3000) % 26 + 67
-    target = torch.arange(3000) % 10 + 18
-    return Task(target, target[:800], source[:800], steps=8, batch_size=4, eval_every=4,
-                eval_batches=2)  # fmt: skip
+def task(two_domain_task):
+    return two_domain_task(steps=8)
 
 
 def test_frontier_by_hand_matches_pareto_front():
