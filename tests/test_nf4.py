@@ -22,6 +22,7 @@ from minilora.nf4 import (
     quantize_model,
     quantize_nf4,
     round_to_codebook,
+    unpack_4bit,
 )
 
 # The published table (QLoRA paper / bitsandbytes create_normal_map), see shared REFERENCES.md.
@@ -238,6 +239,11 @@ def test_ragged_sizes_and_dtypes_round_trip():
             assert q.codes.numel() == math.ceil(n / 2)
             # each weight is within half the widest NF4 gap (+ absmax rounding) of its block max
             assert torch.all((w_hat - w).abs() <= 0.17 * w.abs().max() + 1e-6)
+            # the byte-pair look-up decodes exactly what the definition says: code by code,
+            # high nibble first, times its block's absmax (no bitsandbytes needed)
+            codes = unpack_4bit(q.codes, n).long()
+            absmax = q.block_absmax().float().repeat_interleave(64)[:n]
+            assert torch.equal(w_hat, NF4_CODEBOOK[codes] * absmax)
     for dtype in (torch.float16, torch.bfloat16):
         w = torch.randn(10, 64).to(dtype)
         assert dequantize_nf4(quantize_nf4(w)).dtype == dtype

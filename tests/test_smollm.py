@@ -196,3 +196,26 @@ def test_scale_lora_refuses_merged_adapters_and_non_finite_scales():
         smollm.scale_lora(torch.nn.Linear(2, 2), 1.0),
     ):
         pass
+
+
+def test_a_training_step_minimises_the_models_own_loss_on_reply_tokens(tokenizer):
+    # reply_loss (the output head on reply positions only) against transformers' loss with
+    # labels, value and gradient: the same function up to float32 summation order
+    rows = [
+        {"question": "What is 2 plus 3?", "answer": "5"},
+        {"question": "Name a colour.", "answer": "blue"},
+    ]
+    ids, mask, labels = smollm.tokenize_pairs(tokenizer, rows)
+    model = smollm.load_smollm()[0]  # a fresh copy
+    torch.manual_seed(0)
+    add_lora(model, ["q_proj", "down_proj"], r=2, alpha=4)
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.lora_B, std=0.01)  # B = 0 would make the check trivial for A
+    params = [p for p in model.parameters() if p.requires_grad]
+    theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    g_theirs = torch.autograd.grad(theirs, params)
+    ours = smollm.reply_loss(model, ids, mask, labels)
+    g_ours = torch.autograd.grad(ours, params)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

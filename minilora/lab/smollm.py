@@ -14,8 +14,8 @@ already 4-bit model.
 - ``load_smollm()``: (model, tokenizer), loaded once per session and deep-copied per call.
 - ``chat_prompt``/``generate``: greedy, deterministic answers to a batch of questions.
 - ``json_answer_data``/``score_replies``: the behaviour chapter 11 teaches, and its check.
-- ``tokenize_pairs``/``train_adapter``/``answer_loss``: supervised fine-tuning (loss on the reply
-  only) and its teacher-forced held-out loss, cheap enough to pick a learning rate with.
+- ``tokenize_pairs``/``reply_loss``/``train_adapter``/``answer_loss``: supervised fine-tuning
+  (loss on the reply only) and its teacher-forced held-out loss, cheap enough to pick a rate with.
 - ``adapter_arm``: an arm of a fair race (``minilora.lab.race``) that keeps every adapter it trains.
 - ``scale_lora``: the adapters' contribution times s at inference (0 = the base, 1 = as trained).
 - ``perplexity``: on held-out general text (``general_text()``), what fine-tuning forgot.
@@ -215,30 +215,37 @@ def train_adapter(model, tokenizer, rows, steps: int, lr: float, seed: int, batc
     for _ in tqdm(range(steps), desc=f"train (seed {seed})", disable=not progress, leave=False):
         idx = torch.randint(len(rows), (batch_size,), generator=gen)
         width = int(mask[idx].sum(1).max())  # drop columns that are padding in every row
-        out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
-                    labels=labels[idx, :width])  # fmt: skip
+        loss = reply_loss(model, ids[idx, :width], mask[idx, :width], labels[idx, :width])
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         opt.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
     model.eval()
     return losses
+
+
+def reply_loss(model, ids, mask, labels) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions whose label is not -100.
+
+    The loss ``model(..., labels=labels)`` computes, but only the positions that predict a reply
+    token go through the output head: it is a 576 → 49,152 matmul, a fifth of the model's
+    multiply-adds per token, and three in four positions are prompt (labels -100) whose logits
+    the loss would throw away.
+    """
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, target[keep])
 
 
 @torch.no_grad()
 def answer_loss(model, tokenizer, rows) -> float:
     """Teacher-forced cross-entropy per reply token on ``rows`` (no generation, one batch).
 
-    What ``train_adapter`` minimises, on held-out rows. Only the positions that predict a reply
-    token go through the output head (a 49,152-way matmul), which is most of the saving over
-    ``model(..., labels=...)``.
+    What ``train_adapter`` minimises (``reply_loss``), on held-out rows.
     """
-    ids, mask, labels = tokenize_pairs(tokenizer, rows)
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = model.lm_head(hidden[:, :-1][keep]).float()
-    return float(torch.nn.functional.cross_entropy(logits, target[keep]))
+    return float(reply_loss(model, *tokenize_pairs(tokenizer, rows)))
 
 
 def adapter_arm(name, model, tokenizer, train_rows, held_out, lrs, steps, batch_size, r, alpha,
