@@ -219,3 +219,9 @@ def test_a_training_step_minimises_the_models_own_loss_on_reply_tokens(tokenizer
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     for a, b in zip(g_ours, g_theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_loss_over_no_reply_tokens_is_refused_not_nan(base, tokenizer):
+    ids, mask, labels = smollm.tokenize_pairs(tokenizer, [{"question": "Hi?", "answer": "hello"}])
+    with pytest.raises(ValueError, match="no reply tokens"):
+        smollm.reply_loss(base, ids, mask, torch.full_like(labels, -100))

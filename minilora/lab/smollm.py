@@ -229,12 +229,14 @@ def reply_loss(model, ids, mask, labels) -> torch.Tensor:
 
     The loss ``model(..., labels=labels)`` computes, but only the positions that predict a reply
     token go through the output head: it is a 576 → 49,152 matmul, a fifth of the model's
-    multiply-adds per token, and three in four positions are prompt (labels -100) whose logits
-    the loss would throw away.
+    multiply-adds per token, and about three in four positions are prompt (labels -100) whose
+    logits the loss would throw away.
     """
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
+    if not keep.any():  # the mean over no tokens would be a silent NaN loss
+        raise ValueError("no reply tokens to learn from: every label after the first is -100")
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     logits = model.lm_head(hidden[:, :-1][keep]).float()
     return torch.nn.functional.cross_entropy(logits, target[keep])
 
